@@ -1,0 +1,41 @@
+"""Exception classes shared by every layer of mergezoo.
+
+All errors a user can cause derive from `MergezooError`; the CLI prints their message and
+exits with status 2 instead of showing a traceback.
+"""
+
+
+class MergezooError(Exception):
+    """Base class of every error that is the user's input, not a bug."""
+
+
+class RecipeError(MergezooError):
+    """A recipe is not valid YAML, or names an unknown field, method or hyperparameter."""
+
+
+class UnknownMethodError(RecipeError):
+    """The merge method is not in the registry."""
+
+
+class HyperparameterError(RecipeError):
+    """A hyperparameter is unknown, of the wrong type, or out of range."""
+
+
+class IncompatibleModelsError(MergezooError):
+    """The experts cannot be merged: different architectures, tensor names or shapes."""
+
+
+class BadTensorError(MergezooError):
+    """An input tensor holds NaN or Inf values."""
+
+
+class UnsafeCheckpointError(MergezooError):
+    """A checkpoint is a pickle (.bin/.pt) and the user did not allow pickle loading."""
+
+
+class OutputExistsError(MergezooError):
+    """The output directory exists and `overwrite` was not requested."""
+
+
+class ModelNotFoundError(MergezooError):
+    """A model reference names no local folder, or a folder holding no weights."""
