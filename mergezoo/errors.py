@@ -39,3 +39,35 @@ class OutputExistsError(MergezooError):
 
 class ModelNotFoundError(MergezooError):
     """A model reference names no local folder, or a folder holding no weights."""
+
+
+class BenchmarkDataError(MergezooError):
+    """A built-in benchmark's data request names an unknown task, language, style or split."""
+
+
+class BenchmarkError(MergezooError):
+    """A benchmark cannot be defined, built or evaluated as asked."""
+
+
+class UnknownBenchmarkError(BenchmarkError):
+    """No registered benchmark has this name, and it is not a path to a YAML definition."""
+
+
+class BenchmarkDefinitionError(BenchmarkError):
+    """A benchmark definition (Python or YAML) is malformed: unknown field, factor or cell."""
+
+
+class HubAccessError(MergezooError):
+    """The Hub refused a request: a private or missing repo, a missing or invalid token."""
+
+
+class GatedRepoError(HubAccessError):
+    """The repo is gated: its conditions must be accepted and a token with access given."""
+
+
+class HubUnavailableError(MergezooError):
+    """The Hub could not be reached or answered with a server error, and the cache cannot help."""
+
+
+class RepoNotEmptyError(OutputExistsError):
+    """Pushing over an existing, non-empty repo without `overwrite` or `create_pr`."""

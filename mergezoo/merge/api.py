@@ -1,0 +1,169 @@
+"""Merge models by reference (local path or Hub repo ID) or from a recipe.
+
+Example:
+    >>> from mergezoo.merge import merge_models, run_recipe, MergeRecipe
+    >>> merge_models("ties", ["org/a", "org/b"], base="org/base", out_dir="merged",   # doctest: +SKIP
+    ...              params={"density": 0.2, "lambda": 1.0})
+    >>> run_recipe(MergeRecipe.from_file("recipe.yaml"), out_dir="merged")          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergezoo import __version__
+from mergezoo.errors import IncompatibleModelsError, RecipeError
+from mergezoo.merge.engine import MergeResult, copy_model_files, merge_sources
+from mergezoo.merge.layers import LiNeS
+from mergezoo.merge.recipe import MergeRecipe, ModelEntry, parse_dtype
+from mergezoo.merge.sources import open_source
+from mergezoo.zoo.resolve import ResolvedModel, resolve_model
+
+logger = logging.getLogger(__name__)
+
+RECIPE_FILE = "mergezoo_recipe.yaml"
+PROVENANCE_FILE = "mergezoo_merge.json"
+
+
+def _config(path: Path) -> dict:
+    cfg = path / "config.json"
+    return json.loads(cfg.read_text()) if cfg.is_file() else {}
+
+
+def check_architectures(models: list[tuple[str, Path]]) -> None:
+    """Refuse inputs whose config.json names different architectures or model types."""
+    seen = [(label, _config(p)) for label, p in models]
+    seen = [(label, c) for label, c in seen if c]
+    if len(seen) < 2:
+        return
+    ref_label, ref = seen[0]
+    problems = []
+    for label, cfg in seen[1:]:
+        for field in ("architectures", "model_type", "_class_name"):
+            if field in ref and field in cfg and ref[field] != cfg[field]:
+                problems.append(f"{label}: {field} is {cfg[field]!r}, {ref_label} has {ref[field]!r}")
+    if problems:
+        raise IncompatibleModelsError("the models have different architectures:\n  "
+                                      + "\n  ".join(problems))
+
+
+def _validate_remote(refs: list[str], base: str | None) -> None:
+    """Check Hub experts' headers before downloading any weights (when the zoo supports it)."""
+    try:
+        from mergezoo.zoo.validate import validate_experts
+    except ImportError:
+        return
+    validate_experts(refs, base=base)
+
+
+def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
+                 base: str | Path | None = None, params: dict[str, Any] | None = None,
+                 model_params: list[dict[str, Any]] | None = None, device: str = "auto",
+                 dtype: torch.dtype = torch.float32, out_dtype: torch.dtype | None = None,
+                 lines: LiNeS | None = None, component: str | None = None, seed: int = 0,
+                 overwrite: bool = False, progress: bool = True, allow_pickle: bool = False,
+                 max_shard_size: str | int = "2GB",
+                 recipe: MergeRecipe | None = None) -> MergeResult:
+    """Merge models given by reference into `out_dir` (config and tokenizer from the base,
+    or the first model, so `from_pretrained(out_dir)` loads the result)."""
+    refs = [str(m) for m in models]
+    if not refs:
+        raise RecipeError("no models to merge: give at least one expert")
+    _validate_remote(refs, str(base) if base is not None else None)
+    resolved_base = resolve_model(base, allow_pickle=allow_pickle) if base is not None else None
+    resolved = [resolve_model(r, allow_pickle=allow_pickle) for r in refs]
+
+    def weights_dir(r: ResolvedModel) -> Path:
+        return r.path / component if component else r.path
+
+    if component:
+        for r in ([resolved_base] if resolved_base else []) + resolved:
+            if not weights_dir(r).is_dir():
+                raise RecipeError(f"{r.ref}: has no component folder '{component}'")
+    base_src = (open_source(weights_dir(resolved_base), f"base '{resolved_base.ref}'",
+                            allow_pickle=allow_pickle) if resolved_base else None)
+    sources = [open_source(weights_dir(r), f"expert '{r.ref}'", allow_pickle=allow_pickle,
+                           base_source=base_src) for r in resolved]
+    check_architectures([(s.label, weights_dir(r)) for s, r in zip(sources, resolved)]
+                        + ([(base_src.label, weights_dir(resolved_base))] if base_src else []))
+    template = resolved_base or resolved[0]
+
+    if recipe is None:
+        recipe = MergeRecipe(merge_method=method, base_model=str(base) if base is not None else None,
+                             models=[ModelEntry(model=r, parameters=p) for r, p in
+                                     zip(refs, (model_params or [{}] * len(refs)))],
+                             parameters=params or {}, dtype=str(dtype).removeprefix("torch."),
+                             out_dtype=str(out_dtype).removeprefix("torch.") if out_dtype else None,
+                             component=component, seed=seed,
+                             lines={"alpha": lines.alpha, "beta": lines.beta} if lines else None)
+
+    def prepare(tmp: Path) -> None:
+        copy_model_files(template.path, tmp, skip_weights_in={component or ""})
+        (tmp / RECIPE_FILE).write_text(recipe.to_yaml())
+
+    def finalize(tmp: Path, result: MergeResult) -> None:
+        provenance = {
+            "mergezoo": __version__, "method": result.method, "recipe": RECIPE_FILE,
+            "hyperparameters": _jsonable(result.hyperparameters), "seed": seed,
+            "base_model": resolved_base.to_dict() if resolved_base else None,
+            "models": [r.to_dict() for r in resolved],
+            "component": component, "device": result.device,
+            "environment": {"torch": torch.__version__, "python": platform.python_version()},
+            "output_sha256": result.sha256,
+        }
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+
+    return merge_sources(method, sources, base=base_src, out_dir=out_dir, params=params,
+                         model_params=model_params, lines=lines, device=device, dtype=dtype,
+                         out_dtype=out_dtype, seed=seed, overwrite=overwrite, progress=progress,
+                         max_shard_size=max_shard_size, weights_subdir=component,
+                         prepare_output=prepare, finalize_output=finalize)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def expand_experts(recipe: MergeRecipe) -> MergeRecipe:
+    """Resolve `experts: {tag: ...}` to repo IDs and return a recipe that lists them."""
+    if recipe.experts is None:
+        return recipe
+    try:
+        from mergezoo.zoo.search import find_experts
+    except ImportError as err:
+        raise RecipeError("experts by tag need the zoo search module") from err
+    q = recipe.experts
+    found = find_experts(tag=q.tag, base=q.base, zoo=q.zoo)
+    if q.limit:
+        found = found[: q.limit]
+    if not found:
+        raise RecipeError(f"experts: no model found with tag {q.tag!r}"
+                          + (f" and base {q.base!r}" if q.base else ""))
+    known = {m.model for m in recipe.models}
+    extra = [ModelEntry(model=f) for f in found if f not in known]
+    return recipe.model_copy(update={"models": recipe.models + extra, "experts": None})
+
+
+def run_recipe(recipe: MergeRecipe, *, out_dir: str | Path, device: str = "auto",
+               overwrite: bool = False, progress: bool = True, allow_pickle: bool = False,
+               max_shard_size: str | int = "2GB") -> MergeResult:
+    """Run a merge recipe (see `mergezoo.merge.recipe`)."""
+    recipe = expand_experts(recipe)
+    lines = LiNeS(recipe.lines.alpha, recipe.lines.beta) if recipe.lines else None
+    return merge_models(
+        recipe.merge_method, [m.model for m in recipe.models], out_dir=out_dir,
+        base=recipe.base_model, params=recipe.parameters,
+        model_params=[m.parameters for m in recipe.models], device=device,
+        dtype=parse_dtype(recipe.dtype, "dtype"), out_dtype=parse_dtype(recipe.out_dtype, "out_dtype"),
+        lines=lines, component=recipe.component, seed=recipe.seed, overwrite=overwrite,
+        progress=progress, allow_pickle=allow_pickle, max_shard_size=max_shard_size, recipe=recipe)

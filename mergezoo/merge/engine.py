@@ -1,0 +1,270 @@
+"""The streaming merge engine.
+
+Every input is opened lazily; for each tensor name the engine reads that tensor from every
+input (on a background thread, while the previous tensor is being merged), merges it on the
+compute device, and streams the result to disk on a second thread. Peak memory is about two
+sets of (N+1) input tensors plus the method's temporaries, whatever the size of the model.
+
+Example:
+    >>> from mergezoo.merge.sources import open_source
+    >>> result = merge_sources("ties", [open_source("a"), open_source("b")],       # doctest: +SKIP
+    ...                        base=open_source("base"), out_dir="merged",
+    ...                        params={"density": 0.2})
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
+from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
+from mergezoo.merge.registry import MergeInputs, MergeMethod, get_method
+from mergezoo.merge.sources import TensorSource
+from mergezoo.merge.writer import ShardedSafetensorsWriter, atomic_output_dir
+
+logger = logging.getLogger(__name__)
+
+MAX_LISTED_PROBLEMS = 20
+
+
+@dataclass
+class MergeResult:
+    """What a merge wrote and what it cost."""
+
+    out_dir: Path
+    method: str
+    files: list[str]
+    sha256: dict[str, str]
+    n_tensors: int
+    n_parameters: int
+    seconds: float
+    device: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' is CUDA when present, else CPU; anything else must be a valid torch device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise RecipeError(f"unknown device {device!r} (use auto, cpu or cuda)") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("device 'cuda' was asked for, but CUDA is not available here")
+    return dev
+
+
+def check_compatible(reference: TensorSource, others: list[TensorSource]) -> None:
+    """Raise IncompatibleModelsError listing every missing/extra tensor and shape mismatch."""
+    ref_keys = set(reference.keys())
+    problems = []
+    for src in others:
+        keys = set(src.keys())
+        for key in sorted(ref_keys - keys):
+            problems.append(f"{src.label}: tensor '{key}' is missing (present in {reference.label})")
+        for key in sorted(keys - ref_keys):
+            problems.append(f"{src.label}: extra tensor '{key}' (absent from {reference.label})")
+        for key in sorted(ref_keys & keys):
+            if tuple(src.shape(key)) != tuple(reference.shape(key)):
+                problems.append(f"{src.label}: tensor '{key}' has shape {tuple(src.shape(key))}, "
+                                f"{reference.label} has {tuple(reference.shape(key))}")
+    if problems:
+        more = len(problems) - MAX_LISTED_PROBLEMS
+        listed = problems[:MAX_LISTED_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
+        raise IncompatibleModelsError("the models cannot be merged:\n  " + "\n  ".join(listed))
+
+
+def _check_counts(spec: MergeMethod, n_models: int, has_base: bool) -> None:
+    if n_models == 0:
+        raise RecipeError("no models to merge: give at least one expert")
+    if spec.needs.base and not has_base:
+        raise RecipeError(f"method '{spec.name}' needs a base model (--base, or base_model: in "
+                          "the recipe)")
+    if n_models < spec.needs.min_models:
+        raise RecipeError(f"method '{spec.name}' needs at least {spec.needs.min_models} models, "
+                          f"got {n_models}")
+    if spec.needs.max_models is not None and n_models > spec.needs.max_models:
+        raise RecipeError(f"method '{spec.name}' merges at most {spec.needs.max_models} models "
+                          f"(besides the base), got {n_models}")
+
+
+def _specialize(spec: MergeMethod, kwargs: dict[str, Any], key: str, position: float) -> dict:
+    """Evaluate per-layer settings (gradients, filter rules) for one tensor."""
+    out = {}
+    for hp in spec.hyperparameters.values():
+        value = kwargs[hp.arg]
+        if hp.per_model:
+            out[hp.arg] = [evaluate_setting(v, key, position) for v in value]
+        else:
+            out[hp.arg] = evaluate_setting(value, key, position)
+    return out
+
+
+def _first_bad_input(key: str, labels: list[str], tensors: list[torch.Tensor]) -> str | None:
+    for label, t in zip(labels, tensors):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return label
+    return None
+
+
+def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
+                  out_dir: str | Path, base: TensorSource | None = None,
+                  params: dict[str, Any] | None = None,
+                  model_params: list[dict[str, Any]] | None = None,
+                  lines: LiNeS | None = None, device: str = "auto",
+                  dtype: torch.dtype = torch.float32, out_dtype: torch.dtype | None = None,
+                  seed: int = 0, overwrite: bool = False, progress: bool = True,
+                  max_shard_size: str | int = "2GB", weights_subdir: str | None = None,
+                  prepare_output: Callable[[Path], None] | None = None,
+                  finalize_output: Callable[[Path, "MergeResult"], None] | None = None,
+                  weights_stem: str | None = None) -> MergeResult:
+    """Merge `models` (and `base`) tensor by tensor into `out_dir`, atomically.
+
+    `prepare_output(tmp_dir)` is called before the weights are written, to add config and
+    tokenizer files, and `finalize_output(tmp_dir, result)` after them, before the folder is
+    moved into place; `weights_subdir` puts the weights in a sub-folder (a diffusers component).
+    """
+    spec = method if isinstance(method, MergeMethod) else get_method(method)
+    _check_counts(spec, len(models), base is not None)
+    kwargs = spec.resolve(params or {}, model_params or [], len(models))
+    if lines is not None and spec.returns != "delta":
+        raise RecipeError(f"LiNeS scales task vectors; method '{spec.name}' does not produce one")
+    reference = base if base is not None else models[0]
+    check_compatible(reference, [m for m in models if m is not reference])
+    dev = pick_device(device)
+    keys = reference.keys()
+    positions = layer_positions(keys)
+    inputs = ([base] if base is not None else []) + list(models)
+    labels = [s.label for s in inputs]
+    plan = {}
+    for key in keys:
+        in_dtype = reference.dtype(key)
+        floating = in_dtype.is_floating_point
+        plan[key] = (tuple(reference.shape(key)), out_dtype if (floating and out_dtype) else in_dtype)
+
+    def load(key: str) -> list[torch.Tensor]:
+        if not reference.dtype(key).is_floating_point:
+            return [reference.get(key)]
+        return [src.get(key) for src in inputs]
+
+    def to_inputs(key: str, tensors: list[torch.Tensor]) -> MergeInputs:
+        on_device = [t.to(dev, dtype=dtype, non_blocking=True) for t in tensors]
+        b = on_device[0] if base is not None else None
+        ms = on_device[1:] if base is not None else on_device
+        gen = None
+        if spec.random:
+            gen = torch.Generator(device=dev)
+            gen.manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
+        return MergeInputs(key=key, base=b, models=ms, generator=gen)
+
+    float_keys = [k for k in keys if reference.dtype(k).is_floating_point]
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-read")
+
+    def prefetched(order: list[str]) -> Iterator[tuple[str, list[torch.Tensor]]]:
+        pending = reader.submit(load, order[0]) if order else None
+        for i, key in enumerate(order):
+            tensors = pending.result()
+            pending = reader.submit(load, order[i + 1]) if i + 1 < len(order) else None
+            yield key, tensors
+
+    def stream() -> Iterator[MergeInputs]:
+        for key, tensors in prefetched(float_keys):
+            yield to_inputs(key, tensors)
+
+    start = time.perf_counter()
+    try:
+        state = spec.prepare(stream, kwargs) if spec.prepare else None
+        with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+            if prepare_output:
+                prepare_output(tmp)
+            folder = tmp / weights_subdir if weights_subdir else tmp
+            folder.mkdir(parents=True, exist_ok=True)
+            stem = weights_stem or getattr(reference, "weights_stem", "model")
+            writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-write")
+            with ShardedSafetensorsWriter(folder, stem, plan, max_shard_size,
+                                          metadata={"merged_by": "mergezoo"}) as writer:
+                bar = tqdm(total=len(keys), unit="tensor", disable=not progress,
+                           desc=f"merge {spec.name}")
+                last_write = None
+                n_params = 0
+                for key, tensors in prefetched(keys):
+                    merged = _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines,
+                                        state, plan[key][1], labels, base is not None)
+                    n_params += merged.numel()
+                    if last_write is not None:
+                        last_write.result()
+                    last_write = writer_pool.submit(writer.write, key, merged)
+                    bar.update(1)
+                if last_write is not None:
+                    last_write.result()
+                bar.close()
+                writer_pool.shutdown()
+                files = writer.finish()
+                sha = dict(writer.sha256)
+            prefix = f"{weights_subdir}/" if weights_subdir else ""
+            result = MergeResult(out_dir=Path(out_dir), method=spec.name,
+                                 files=[prefix + f for f in files],
+                                 sha256={prefix + k: v for k, v in sha.items()},
+                                 n_tensors=len(keys), n_parameters=n_params, seconds=0.0,
+                                 device=str(dev), hyperparameters=kwargs)
+            if finalize_output:
+                finalize_output(tmp, result)
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines, state, out_dtype,
+               labels, has_base) -> torch.Tensor:
+    if not tensors[0].is_floating_point():  # integer buffers are copied from the reference
+        return tensors[0]
+    x = to_inputs(key, tensors)
+    if state is not None:
+        x.state = state
+    hp = _specialize(spec, kwargs, key, positions[key])
+    try:
+        merged = spec.fn(x, **hp)
+    except (ValueError, RuntimeError) as err:
+        raise IncompatibleModelsError(f"tensor '{key}': {spec.name} failed: {err}") from err
+    if spec.returns == "delta":
+        scale = lines.scale(positions[key]) if lines else 1.0
+        merged = x.base + (merged * scale if scale != 1.0 else merged)
+    merged = merged.to(out_dtype)
+    if not bool(torch.isfinite(merged).all()):
+        culprit = _first_bad_input(key, labels, tensors)
+        if culprit:
+            raise BadTensorError(f"{culprit}: tensor '{key}' contains NaN or Inf values")
+        raise BadTensorError(f"tensor '{key}': the merge produced NaN or Inf values "
+                             f"(overflow in {out_dtype}?)")
+    return merged
+
+
+def copy_model_files(src: Path, dst: Path, *, skip_weights_in: set[str] | None = None) -> None:
+    """Copy everything but weights and the model card from a model folder (configs, tokenizer,
+    scheduler, other pipeline components) into `dst`. Weights inside folders named in
+    `skip_weights_in` ("" for the top level) are skipped; elsewhere they are copied."""
+    skip = skip_weights_in if skip_weights_in is not None else {""}
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_dir() or any(part.startswith(".") for part in rel.parts):
+            continue
+        parent = rel.parent.as_posix() if rel.parent != Path(".") else ""
+        is_weight = path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt") or \
+            path.name.endswith(".safetensors.index.json") or path.name.endswith(".bin.index.json")
+        if (is_weight and parent in skip) or rel.as_posix() == "README.md":
+            continue
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)

@@ -1,0 +1,41 @@
+"""TIES-Merging: trim, elect sign, disjoint merge (Yadav et al., 2023)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from mergezoo.merge.global_trim import magnitude_thresholds
+from mergezoo.merge.ops import combine, trim_by_magnitude
+from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
+
+DENSITY = Interval(0, 1, low_open=True)
+
+
+def _prepare(stream, kwargs):
+    """Whole-model trimming (the paper's code): one magnitude threshold per expert."""
+    if kwargs.get("trim_scope") != "model":
+        return None
+    return magnitude_thresholds(stream, kwargs["density"])
+
+
+@merge_method("ties", paper="https://arxiv.org/abs/2306.01708", needs=Needs(base=True),
+              per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
+              grid={"density": [0.1, 0.2, 0.3], "lambda": [0.8, 1.0, 1.2, 1.5, 2.0]},
+              prepare=_prepare,
+              helps={"density": "fraction of each task vector kept, by magnitude",
+                     "trim_scope": "trim per tensor (mergekit) or over the whole model (paper)",
+                     "sign_rule": "elect the sign by total mass (sum) or by count"})
+def ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.2,
+         lambda_: float = 1.0, normalize: bool = True,
+         trim_scope: Literal["tensor", "model"] = "tensor",
+         sign_rule: Literal["sum", "count"] = "sum") -> torch.Tensor:
+    """Keep each task vector's top-`density` entries by magnitude, elect a sign per entry by the
+    weighted total mass, and average only the entries that agree with it, scaled by lambda.
+
+    Same tensors as mergekit's `ties` for `trim_scope: tensor` (its only scope).
+    """
+    thresholds = x.state or [None] * len(x.deltas)
+    trimmed = [trim_by_magnitude(d, rho, thr) for d, rho, thr in zip(x.deltas, density, thresholds)]
+    return combine(trimmed, weight, sign_rule=sign_rule, normalize=normalize, lambda_=lambda_)

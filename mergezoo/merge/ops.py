@@ -1,0 +1,159 @@
+"""Small pure tensor functions that merge methods compose.
+
+They work on one tensor (or a stack of one tensor from every expert) and never look at file
+names, devices or recipes, so they are easy to test against written-out references.
+
+Example:
+    >>> d = torch.tensor([0.1, -3.0, 0.5, 2.0])
+    >>> trim_by_magnitude(d, 0.5)
+    tensor([ 0., -3.,  0.,  2.])
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def stack_weights(weights: list[float], like: torch.Tensor) -> torch.Tensor:
+    """Weights as a [N, 1, 1, ...] tensor that broadcasts against a stack shaped like `like`."""
+    w = torch.tensor(weights, dtype=like.dtype, device=like.device)
+    return w.view(-1, *([1] * (like.dim() - 1)))
+
+
+def kth_largest(flat: torch.Tensor, k: int, sample: int = 65536) -> torch.Tensor:
+    """The k-th largest entry of a 1-D tensor, exactly.
+
+    A full selection over tens of millions of entries is slow on CPU, so the threshold is first
+    bracketed with a strided sample, and the exact selection runs only on the entries inside the
+    bracket; when the bracket misses (unlucky sample), it falls back to the full selection.
+    """
+    n = flat.numel()
+    if n <= 4 * sample:
+        return torch.kthvalue(flat, n - k + 1).values
+    strided = flat[:: n // sample]
+    m = strided.numel()
+    rank = k / n * m
+    margin = int(4 * (rank * (1 - k / n)) ** 0.5) + 16
+    ordered = torch.sort(strided, descending=True).values
+    high = ordered[max(0, int(rank) - margin)]
+    low = ordered[min(m - 1, int(rank) + margin)]
+    above = int(torch.count_nonzero(flat > high))
+    if above < k:
+        inside = flat[(flat >= low) & (flat <= high)]
+        need = k - above
+        if need <= inside.numel():
+            return torch.kthvalue(inside, inside.numel() - need + 1).values
+    return torch.kthvalue(flat, n - k + 1).values
+
+
+def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of exactly the `k` largest entries of `values` (ties broken by position)."""
+    n = values.numel()
+    if k >= n:
+        return torch.ones_like(values, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    flat = values.reshape(-1)
+    threshold = kth_largest(flat, k)
+    mask = flat > threshold
+    missing = k - int(torch.count_nonzero(mask))
+    if missing > 0:  # several entries equal the threshold: keep the first ones
+        tied = torch.nonzero(flat == threshold).squeeze(1)[:missing]
+        mask[tied] = True
+    return mask.view_as(values)
+
+
+def kept_count(numel: int, density: float) -> int:
+    """How many entries a trim to `density` keeps: int(density * n), as mergekit does, but >= 1."""
+    return max(1, int(density * numel))
+
+
+def trim_by_magnitude(delta: torch.Tensor, density: float,
+                      threshold: float | None = None) -> torch.Tensor:
+    """Keep the top-`density` fraction of `delta` by magnitude, zero the rest.
+
+    With `threshold` (from a whole-model pass), keep every entry with |delta| >= threshold.
+    """
+    if threshold is not None:
+        return delta * (delta.abs() >= threshold)
+    if density >= 1:
+        return delta
+    return delta * top_k_mask(delta.abs(), kept_count(delta.numel(), density))
+
+
+def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator | None,
+                rescale: bool = True) -> torch.Tensor:
+    """DARE: keep each entry with probability `density`, and divide survivors by `density`."""
+    if density >= 1:
+        return delta
+    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
+    kept = delta * keep
+    return kept / density if rescale else kept
+
+
+def drop_outliers_and_small(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Model Breadcrumbs: drop the largest `gamma` fraction and the smallest entries by
+    magnitude so that a `density` fraction is left (mergekit's `magnitude_outliers`)."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    n_keep = int(density * n)
+    n_top = int(gamma * n)
+    if n - n_keep - n_top < 0:  # not enough entries: drop fewer outliers
+        n_top = n - n_keep
+    magnitude = delta.abs()
+    below_top = ~top_k_mask(magnitude, n_top)
+    # Among the entries left after removing the outliers, keep the n_keep largest.
+    keep = top_k_mask(torch.where(below_top, magnitude, torch.full_like(magnitude, -1.0)), n_keep)
+    return delta * keep
+
+
+def elect_sign(weighted_deltas: torch.Tensor, rule: str = "sum") -> torch.Tensor:
+    """TIES sign election over a [N, ...] stack: +1 or -1 per entry.
+
+    `sum`: the sign of the total mass (TIES); `count`: the sign most experts have. Ties go to +1.
+    """
+    if rule == "sum":
+        total = weighted_deltas.sum(dim=0)
+    elif rule == "count":
+        total = weighted_deltas.sign().sum(dim=0)
+    else:
+        raise ValueError(f"unknown sign election rule {rule!r}")
+    return torch.where(total >= 0, 1.0, -1.0).to(weighted_deltas.dtype)
+
+
+def combine(deltas: list[torch.Tensor], weights: list[float], *, sign_rule: str | None,
+            normalize: bool, lambda_: float) -> torch.Tensor:
+    """Weighted sum of (already sparsified) task vectors, as mergekit's generalized task
+    arithmetic: with `sign_rule`, only entries agreeing with the elected sign count; with
+    `normalize`, divide by the sum of the weights of the entries that count."""
+    stacked = torch.stack(deltas)
+    w = stack_weights(weights, stacked)
+    weighted = stacked * w
+    if sign_rule is not None:
+        agree = weighted.sign() == elect_sign(weighted, sign_rule)
+        mixed = (weighted * agree).sum(dim=0)
+        divisor = (w * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor = divisor if divisor.abs() >= 1e-8 else torch.ones_like(divisor)
+    if normalize:
+        mixed = mixed / divisor
+    return mixed * lambda_ if lambda_ != 1 else mixed
+
+
+def slerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor, *, dot_threshold: float = 0.9995,
+               eps: float = 1e-8) -> torch.Tensor:
+    """Spherical interpolation between two tensors seen as flat vectors (mergekit's slerp):
+    falls back to linear interpolation when they are nearly colinear."""
+    u0 = v0 / n0 if (n0 := v0.norm()) > eps else v0
+    u1 = v1 / n1 if (n1 := v1.norm()) > eps else v1
+    dot = float((u0 * u1).sum())
+    if abs(dot) > dot_threshold:
+        return (1 - t) * v0 + t * v1
+    theta = torch.arccos(torch.tensor(dot, dtype=torch.float64))
+    s0 = float(torch.sin(theta * (1 - t)) / torch.sin(theta))
+    s1 = float(torch.sin(theta * t) / torch.sin(theta))
+    return s0 * v0 + s1 * v1

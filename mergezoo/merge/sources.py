@@ -1,0 +1,157 @@
+"""Lazily opened tensor sources: the engine's view of one input model.
+
+A source knows its tensor names, shapes and dtypes from the file headers alone and reads a
+tensor only when asked, so the engine can stream a merge tensor by tensor. Other kinds of
+expert (LoRA adapters, diffusers LoRA files) plug in by implementing `TensorSource`.
+
+Example:
+    >>> src = open_source("path/to/model")            # doctest: +SKIP
+    >>> src.shape("model.embed_tokens.weight")        # doctest: +SKIP
+    (32000, 4096)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from safetensors import safe_open
+
+from mergezoo.errors import ModelNotFoundError, UnsafeCheckpointError
+
+# File stems that transformers, diffusers and peft save weights under, in order of preference.
+WEIGHT_STEMS = ("model", "diffusion_pytorch_model", "adapter_model", "pytorch_lora_weights")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+@runtime_checkable
+class TensorSource(Protocol):
+    """One input model, read tensor by tensor."""
+
+    label: str  # how errors name this input, e.g. "expert 'org/a'"
+
+    def keys(self) -> list[str]: ...
+
+    def shape(self, key: str) -> tuple[int, ...]: ...
+
+    def dtype(self, key: str) -> torch.dtype: ...
+
+    def get(self, key: str) -> torch.Tensor: ...
+
+
+class SafetensorsSource:
+    """Tensors of one or more safetensors files (a single file, or shards with an index)."""
+
+    def __init__(self, files: list[Path], label: str, weights_stem: str = "model"):
+        self.label = label
+        self.files = files
+        self.weights_stem = weights_stem
+        self._handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
+        self._where: dict[str, int] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        for i, handle in enumerate(self._handles):
+            for key in handle.keys():
+                view = handle.get_slice(key)
+                self._where[key] = i
+                self._meta[key] = (tuple(view.get_shape()), SAFETENSORS_DTYPES[view.get_dtype()])
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._meta[key][0]
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._meta[key][1]
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._handles[self._where[key]].get_tensor(key)
+
+
+class StateDictSource:
+    """Tensors already in memory (a pickle checkpoint loaded with `weights_only=True`)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], label: str, weights_stem: str = "model"):
+        self.label = label
+        self.weights_stem = weights_stem
+        self._tensors = tensors
+
+    def keys(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._tensors[key].dtype
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+
+def find_weight_files(folder: Path) -> tuple[str, list[Path], bool]:
+    """Return (stem, files, is_pickle) for the weights in `folder`, preferring safetensors."""
+    for stem in WEIGHT_STEMS:
+        index = folder / f"{stem}.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return stem, [folder / name for name in dict.fromkeys(weight_map.values())], False
+        single = folder / f"{stem}.safetensors"
+        if single.is_file():
+            return stem, [single], False
+    loose = sorted(folder.glob("*.safetensors"))
+    if loose:
+        return loose[0].name.split("-0")[0].removesuffix(".safetensors"), loose, False
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        stem = pickles[0].name.split("-0")[0].rsplit(".", 1)[0]
+        return stem, pickles, True
+    raise ModelNotFoundError(f"no weights (*.safetensors, or *.bin/*.pt) in {folder}")
+
+
+def open_source(path: str | Path, label: str | None = None, *, allow_pickle: bool = False,
+                base_source: TensorSource | None = None):
+    """Open the weights of a local model folder (or a single weights file) lazily.
+
+    A PEFT adapter folder (adapter_config.json) opens as the base plus the adapter's full
+    delta, which needs `base_source`. Pickle checkpoints (.bin/.pt) are refused unless
+    `allow_pickle`; they are then loaded with `torch.load(weights_only=True)`, which cannot run
+    arbitrary code.
+    """
+    path = Path(path).expanduser()
+    label = label or str(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"{label}: no such file or folder: {path}")
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        if base_source is None:
+            raise ModelNotFoundError(f"{label}: is a LoRA adapter; merging it needs its base model")
+        from mergezoo.merge.lora import open_lora_source  # LoRA support lives in its own module
+
+        return open_lora_source(path, label, base_source)
+    if path.is_file():
+        stem = path.name.split("-0")[0].split(".")[0]
+        files, is_pickle = [path], path.suffix in PICKLE_SUFFIXES
+    else:
+        stem, files, is_pickle = find_weight_files(path)
+    if not is_pickle:
+        return SafetensorsSource(files, label, stem)
+    if not allow_pickle:
+        names = ", ".join(f.name for f in files)
+        raise UnsafeCheckpointError(
+            f"{label}: only pickle checkpoints found ({names}); pickle files can run code when "
+            "loaded. Convert them to safetensors, or pass --allow-pickle to load them with "
+            "torch.load(weights_only=True)."
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        tensors.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+    return StateDictSource(tensors, label, stem)
