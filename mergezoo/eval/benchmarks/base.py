@@ -1,0 +1,172 @@
+"""The `Benchmark` object: a `BenchmarkSpec` plus how to make its data, train its toy zoo,
+load a model and score it on a cell.
+
+Adding a built-in benchmark means one module with one subclass, registered by name:
+
+    >>> from mergezoo.eval.benchmarks import Benchmark, register_benchmark   # doctest: +SKIP
+    >>> @register_benchmark("my-bench")                                      # doctest: +SKIP
+    ... class MyBench(Benchmark):
+    ...     def __init__(self, size="default"):
+    ...         super().__init__(BenchmarkSpec(name="my-bench", factors=..., cells=..., size=size))
+    ...     def make_data(self): ...        # cell -> DatasetDict(train/validation/test)
+    ...     def train_zoo(self, writer, data): ...   # writer.save_model(...) for every model
+    ...     def load_model(self, model_dir): ...
+    ...     def predict(self, model, dataset, cell): ...  # -> list of predicted labels
+
+Scoring any model folder (a merge, say) on every cell:
+
+    >>> bench = get_benchmark("digits-domains", size="tiny")                # doctest: +SKIP
+    >>> bench.evaluate("merged/", split="test")                             # doctest: +SKIP
+    {'group0-plain': 0.93, 'group0-inverted': 0.88, ...}
+
+Contract of the per-cell data (`make_data`): a `datasets.DatasetDict` with the splits
+`train`, `validation` and `test`; every row has `source_id` (which source example it renders,
+shared by every rendering of that example in every cell) and, for classification, `label`.
+No `source_id` of any test or validation split may appear in any train split.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from mergezoo.errors import BenchmarkError
+from mergezoo.eval.benchmarks.spec import LABEL_COLUMN, SPLITS, BenchmarkSpec, Cell
+
+if TYPE_CHECKING:  # imported lazily: datasets and torch are slow to import
+    from datasets import Dataset, DatasetDict
+
+    from mergezoo.eval.benchmarks.cache import LocalZoo
+    from mergezoo.eval.benchmarks.zoo_writer import ZooWriter
+
+log = logging.getLogger(__name__)
+
+
+class Benchmark(ABC):
+    """A compositional benchmark. Subclasses implement `make_data`, `train_zoo`, `load_model`
+    and `predict` (or override `score` for metrics that are not label accuracy)."""
+
+    def __init__(self, spec: BenchmarkSpec) -> None:
+        self.spec = spec
+        self._data: dict[str, DatasetDict] | None = None
+
+    # -- the definition ---------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def size(self) -> str | None:
+        return self.spec.size
+
+    @property
+    def factors(self) -> dict[str, list[str]]:
+        return self.spec.factors
+
+    @property
+    def cells(self) -> list[Cell]:
+        return self.spec.cells
+
+    @property
+    def held_in_cells(self) -> list[Cell]:
+        return self.spec.held_in_cells
+
+    @property
+    def held_out_cells(self) -> list[Cell]:
+        return self.spec.held_out_cells
+
+    def cell(self, name: str) -> Cell:
+        return self.spec.cell(name)
+
+    def to_yaml(self) -> str:
+        return self.spec.to_yaml()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, size={self.size!r}, "
+                f"cells={len(self.cells)}, held_in={len(self.held_in_cells)})")
+
+    # -- data -------------------------------------------------------------------------------
+    @abstractmethod
+    def make_data(self) -> dict[str, DatasetDict]:
+        """Every cell's data: cell name -> DatasetDict(train, validation, test). Deterministic."""
+
+    def data(self) -> dict[str, DatasetDict]:
+        """`make_data()`, computed once per object and checked against the data contract."""
+        if self._data is None:
+            data = self.make_data()
+            missing = [c.name for c in self.cells if c.name not in data]
+            if missing:
+                raise BenchmarkError(f"{self.name}: make_data() gave no data for cells {missing}")
+            for cell_name, dd in data.items():
+                if set(dd) != set(SPLITS):
+                    raise BenchmarkError(f"{self.name}: cell {cell_name!r} has splits "
+                                         f"{sorted(dd)}, expected {list(SPLITS)}")
+            self._data = data
+        return self._data
+
+    def dataset(self, cell: str | Cell, split: str = "test") -> Dataset:
+        """One cell's split as a `datasets.Dataset`."""
+        if split not in SPLITS:
+            raise BenchmarkError(f"split {split!r} is not one of {SPLITS}")
+        name = cell.name if isinstance(cell, Cell) else self.cell(cell).name
+        return self.data()[name][split]
+
+    # -- the zoo ----------------------------------------------------------------------------
+    def build(self, out: str | Path | None = None, *, force: bool = False,
+              sanity: bool = True) -> LocalZoo:
+        """Build this benchmark's toy zoo (or reuse the cached one); see `cache.build_zoo`."""
+        from mergezoo.eval.benchmarks.cache import build_zoo
+
+        return build_zoo(self, out=out, force=force, sanity=sanity)
+
+    def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict]) -> None:
+        """Train and save (through `writer.save_model`) the base, the experts (>= 3 seeds per
+        held-in cell), the multitask model and one oracle per held-out cell."""
+        raise BenchmarkError(f"benchmark {self.name!r} has no toy zoo to build: its experts are "
+                             "given by reference (see its `experts` field)")
+
+    # -- scoring ----------------------------------------------------------------------------
+    @abstractmethod
+    def load_model(self, model_dir: str | Path) -> Any:
+        """Load a model folder (an expert, a merge, ...) ready for `predict` / `score`."""
+
+    def predict(self, model: Any, dataset: Dataset, cell: Cell) -> list[int]:
+        """Predicted labels for every row of `dataset` (classification benchmarks)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement predict() or score()")
+
+    def score(self, model: Any, dataset: Dataset, cell: Cell) -> float:
+        """The benchmark's metric of `model` on one cell's dataset, in [0, 1]."""
+        from mergezoo.eval.metrics import compute_metric
+
+        predictions = self.predict(model, dataset, cell)
+        return compute_metric(self.spec.metric, predictions=predictions,
+                              references=list(dataset[LABEL_COLUMN]))
+
+    def evaluate(self, model_dir: str | Path, split: str = "test",
+                 cells: Iterable[str] | None = None) -> dict[str, float]:
+        """Score the model in `model_dir` on every cell's `split` (or only on `cells`).
+
+        Returns {cell name: score}, in the benchmark's cell order. This is what the merge
+        benchmark runner calls on each merged model: tune on `split="validation"` of held-in
+        cells, report `split="test"`.
+
+        Example:
+            >>> scores = get_benchmark("digits-domains", size="tiny").evaluate(
+            ...     zoo.model_path("expert", "group0-inverted", seed=0))      # doctest: +SKIP
+        """
+        path = Path(model_dir)
+        if not path.exists():
+            raise BenchmarkError(f"{model_dir}: no such model folder")
+        wanted = [self.cell(c) for c in cells] if cells is not None else self.cells
+        model = self.load_model(path)
+        return {c.name: float(self.score(model, self.dataset(c, split), c)) for c in wanted}
+
+    # -- sanity -----------------------------------------------------------------------------
+    def average_models(self, model_dirs: Sequence[Path], out_dir: Path) -> Path | None:
+        """A plain state-dict average of `model_dirs` (same architecture) saved in `out_dir`,
+        for the sanity numbers; None where averaging whole folders makes no sense (adapters)."""
+        from mergezoo.eval.benchmarks.sanity import average_safetensors_folders
+
+        return average_safetensors_folders(model_dirs, out_dir)

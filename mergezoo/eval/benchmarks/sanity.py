@@ -1,0 +1,113 @@
+"""Sanity numbers of a toy zoo: how the base, each expert, the multitask model, the oracles and
+a plain average of the experts score on every cell (test split).
+
+Example:
+    >>> numbers = compute_sanity(bench, writer.models, zoo_root)            # doctest: +SKIP
+    >>> numbers["cells"][0]
+    {'cell': 'group0-plain', 'held_in': False, 'base': 0.97, 'own_expert': None, ...}
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from mergezoo.errors import BenchmarkError
+
+if TYPE_CHECKING:
+    from mergezoo.eval.benchmarks.base import Benchmark
+
+WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
+
+
+def average_safetensors_folders(model_dirs: Sequence[Path], out_dir: Path) -> Path | None:
+    """Average the single safetensors weight file of each folder, tensor by tensor, into
+    `out_dir` (with the first folder's other files: config, processor). None if the folders
+    hold no single weight file (sharded or adapter repos)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    names = [n for n in WEIGHT_FILES if all((Path(d) / n).is_file() for d in model_dirs)]
+    if not model_dirs or not names:
+        return None
+    weight = names[0]
+    total: dict[str, torch.Tensor] = {}
+    for d in model_dirs:
+        for key, t in load_file(str(Path(d) / weight)).items():
+            if key in total:
+                if total[key].shape != t.shape:
+                    raise BenchmarkError(f"{d}: tensor {key} has shape {tuple(t.shape)}, "
+                                         f"expected {tuple(total[key].shape)}")
+                total[key] += t.float()
+            else:
+                total[key] = t.float().clone()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in Path(model_dirs[0]).iterdir():
+        if f.is_file() and f.name != weight and f.suffix != ".md":
+            shutil.copy(f, out_dir / f.name)
+    first = load_file(str(Path(model_dirs[0]) / weight))
+    save_file({k: (v / len(model_dirs)).to(first[k].dtype).contiguous() for k, v in total.items()},
+              str(out_dir / weight), metadata={"format": "pt"})
+    return out_dir
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(statistics.fmean(values), 4) if values else None
+
+
+def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], root: Path,
+                   split: str = "test") -> dict[str, Any]:
+    """Score the zoo's models (`models`: manifest entries, folders under `root`) on `split`.
+
+    Per cell: base, own_expert (mean over seeds) and own_expert_std, multitask (mean over its
+    seeds), oracle (held-out cells), experts_average (for each seed, a plain state-dict average
+    of that seed's experts, scored on every cell; mean over seeds). Plus held-in / held-out means.
+    """
+    def paths(role: str, cell: str | None = None) -> list[tuple[int | None, Path]]:
+        return [(m["seed"], root / m["name"]) for m in models
+                if m["role"] == role and (cell is None or m["cell"] == cell)]
+
+    bases = paths("base")
+    if not bases:
+        raise BenchmarkError(f"{benchmark.name}: the zoo has no base model")
+    base = benchmark.evaluate(bases[0][1], split)
+    multitask_runs = [benchmark.evaluate(p, split) for _, p in paths("multitask")]
+    own: dict[str, list[float]] = {}
+    for cell in benchmark.held_in_cells:
+        own[cell.name] = [benchmark.evaluate(p, split, cells=[cell.name])[cell.name]
+                          for _, p in paths("expert", cell.name)]
+    oracle: dict[str, float] = {}
+    for cell in benchmark.held_out_cells:
+        found = paths("oracle", cell.name)
+        if found:
+            oracle[cell.name] = benchmark.evaluate(found[0][1], split, cells=[cell.name])[cell.name]
+    averages: list[dict[str, float]] = []
+    seeds = sorted({s for s, _ in paths("expert") if s is not None})
+    with tempfile.TemporaryDirectory(prefix="mergezoo-avg-") as tmp:
+        for seed in seeds:
+            dirs = [root / m["name"] for m in models if m["role"] == "expert" and m["seed"] == seed]
+            avg = benchmark.average_models(dirs, Path(tmp) / f"seed{seed}")
+            if avg is not None:
+                averages.append(benchmark.evaluate(avg, split))
+    rows = []
+    for cell in benchmark.cells:
+        runs = own.get(cell.name, [])
+        rows.append({
+            "cell": cell.name, "held_in": cell.held_in, "base": round(base[cell.name], 4),
+            "own_expert": _mean(runs),
+            "own_expert_std": round(statistics.pstdev(runs), 4) if len(runs) > 1 else None,
+            "multitask": _mean([r[cell.name] for r in multitask_runs]),
+            "oracle": round(oracle[cell.name], 4) if cell.name in oracle else None,
+            "experts_average": _mean([a[cell.name] for a in averages]),
+        })
+    summary = {}
+    for group, held in (("held_in", True), ("held_out", False)):
+        sel = [r for r in rows if r["held_in"] is held]
+        summary[group] = {k: _mean([r[k] for r in sel if r[k] is not None])
+                          for k in ("base", "own_expert", "multitask", "oracle", "experts_average")}
+    return {"benchmark": benchmark.name, "size": benchmark.size, "split": split,
+            "expert_seeds": seeds, "cells": rows, "summary": summary}
