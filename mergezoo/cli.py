@@ -19,6 +19,10 @@ from mergezoo.errors import MergezooError
 COMMAND_MODULES = [
     "mergezoo.commands.merge",
     "mergezoo.commands.methods",
+    "mergezoo.commands.demo",
+    "mergezoo.commands.search",
+    "mergezoo.commands.pull",
+    "mergezoo.commands.push",
 ]
 
 

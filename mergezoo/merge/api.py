@@ -19,9 +19,10 @@ import torch
 
 from mergezoo import __version__
 from mergezoo.errors import IncompatibleModelsError, RecipeError
-from mergezoo.merge.engine import MergeResult, copy_model_files, merge_sources
+from mergezoo.merge.engine import MergeResult, check_counts, copy_model_files, merge_sources
 from mergezoo.merge.layers import LiNeS
 from mergezoo.merge.recipe import MergeRecipe, ModelEntry, parse_dtype
+from mergezoo.merge.registry import get_method
 from mergezoo.merge.sources import open_source
 from mergezoo.zoo.resolve import ResolvedModel, resolve_model
 
@@ -73,8 +74,10 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
     """Merge models given by reference into `out_dir` (config and tokenizer from the base,
     or the first model, so `from_pretrained(out_dir)` loads the result)."""
     refs = [str(m) for m in models]
-    if not refs:
-        raise RecipeError("no models to merge: give at least one expert")
+    # Check the method and its hyperparameters before touching any model (or the network).
+    spec = get_method(method)
+    check_counts(spec, len(refs), base is not None)
+    spec.resolve(params or {}, model_params or [], len(refs))
     _validate_remote(refs, str(base) if base is not None else None)
     resolved_base = resolve_model(base, allow_pickle=allow_pickle) if base is not None else None
     resolved = [resolve_model(r, allow_pickle=allow_pickle) for r in refs]

@@ -85,7 +85,7 @@ def check_compatible(reference: TensorSource, others: list[TensorSource]) -> Non
         raise IncompatibleModelsError("the models cannot be merged:\n  " + "\n  ".join(listed))
 
 
-def _check_counts(spec: MergeMethod, n_models: int, has_base: bool) -> None:
+def check_counts(spec: MergeMethod, n_models: int, has_base: bool) -> None:
     if n_models == 0:
         raise RecipeError("no models to merge: give at least one expert")
     if spec.needs.base and not has_base:
@@ -136,7 +136,7 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     moved into place; `weights_subdir` puts the weights in a sub-folder (a diffusers component).
     """
     spec = method if isinstance(method, MergeMethod) else get_method(method)
-    _check_counts(spec, len(models), base is not None)
+    check_counts(spec, len(models), base is not None)
     kwargs = spec.resolve(params or {}, model_params or [], len(models))
     if lines is not None and spec.returns != "delta":
         raise RecipeError(f"LiNeS scales task vectors; method '{spec.name}' does not produce one")
