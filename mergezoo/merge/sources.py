@@ -24,6 +24,8 @@ from mergezoo.errors import ModelNotFoundError, UnsafeCheckpointError
 # File stems that transformers, diffusers and peft save weights under, in order of preference.
 WEIGHT_STEMS = ("model", "diffusion_pytorch_model", "adapter_model", "pytorch_lora_weights")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+PICKLE_STEMS = {"pytorch_model": "model", "diffusion_pytorch_model": "diffusion_pytorch_model",
+                "adapter_model": "adapter_model"}
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -114,7 +116,8 @@ def find_weight_files(folder: Path) -> tuple[str, list[Path], bool]:
     pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
     if pickles:
         stem = pickles[0].name.split("-0")[0].rsplit(".", 1)[0]
-        return stem, pickles, True
+        # transformers' pytorch_model.bin becomes model.safetensors; diffusers keeps its stem.
+        return PICKLE_STEMS.get(stem, stem), pickles, True
     raise ModelNotFoundError(f"no weights (*.safetensors, or *.bin/*.pt) in {folder}")
 
 
@@ -139,6 +142,7 @@ def open_source(path: str | Path, label: str | None = None, *, allow_pickle: boo
         return open_lora_source(path, label, base_source)
     if path.is_file():
         stem = path.name.split("-0")[0].split(".")[0]
+        stem = PICKLE_STEMS.get(stem, stem)
         files, is_pickle = [path], path.suffix in PICKLE_SUFFIXES
     else:
         stem, files, is_pickle = find_weight_files(path)

@@ -30,7 +30,7 @@ def slerp(x: MergeInputs, *, t: float = 0.5) -> torch.Tensor:
 
 
 def spherical_mean(vectors: torch.Tensor, weights: torch.Tensor, *, iterations: int = 20,
-                   tol: float = 1e-7, eps: float = 1e-8) -> torch.Tensor:
+                   tol: float = 1e-6, eps: float = 1e-8) -> torch.Tensor:
     """Weighted Karcher mean of the rows of `vectors` seen as directions, times the weighted mean
     of their norms. For two rows with weights (1 - t, t) and equal norms it equals slerp(t)."""
     norms = vectors.norm(dim=1, keepdim=True)
@@ -39,6 +39,7 @@ def spherical_mean(vectors: torch.Tensor, weights: torch.Tensor, *, iterations: 
     if mean.norm() < eps:  # opposite directions: no unique spherical mean
         return (weights[:, None] * vectors).sum(0)
     mean = mean / mean.norm()
+    previous = float("inf")
     for _ in range(iterations):
         cos = (units @ mean).clamp(-1.0, 1.0)
         theta = torch.arccos(cos)
@@ -46,8 +47,10 @@ def spherical_mean(vectors: torch.Tensor, weights: torch.Tensor, *, iterations: 
         tangent = (weights * scale)[:, None] * (units - cos[:, None] * mean)
         step = tangent.sum(0)
         length = step.norm()
-        if length < tol:
+        # Stop when converged, or when float32 rounding stops the steps from shrinking.
+        if length < tol or length > 0.9 * previous:
             break
+        previous = float(length)
         mean = torch.cos(length) * mean + torch.sin(length) * step / length
         mean = mean / mean.norm()
     return mean * (weights * norms.squeeze(1)).sum()
