@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = [("method", "base model", "statistics", "data", "hyperparameters (* per model)", "paper")]
     for m in methods:
-        rows.append((m.name, "yes" if m.needs.base else "no", m.needs.statistics or "-",
+        rows.append((m.name, {True: "yes", False: "no"}.get(m.needs.base, "optional"), m.needs.statistics or "-",
                      m.needs.data or "-", _hp_text(m), m.paper))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:

@@ -74,8 +74,15 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
     """Merge models given by reference into `out_dir` (config and tokenizer from the base,
     or the first model, so `from_pretrained(out_dir)` loads the result)."""
     refs = [str(m) for m in models]
-    # Check the method and its hyperparameters before touching any model (or the network).
     spec = get_method(method)
+    if base is not None and spec.needs.base and str(base) in refs:
+        # mergekit recipes often list the base among the models; its task vector is zero and
+        # mergekit leaves it out, so do the same.
+        keep = [i for i, r in enumerate(refs) if r != str(base)]
+        refs = [refs[i] for i in keep]
+        if model_params:
+            model_params = [model_params[i] for i in keep if i < len(model_params)]
+    # Check the method and its hyperparameters before touching any model (or the network).
     check_counts(spec, len(refs), base is not None)
     spec.resolve(params or {}, model_params or [], len(refs))
     _validate_remote(refs, str(base) if base is not None else None)

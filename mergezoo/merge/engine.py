@@ -88,7 +88,7 @@ def check_compatible(reference: TensorSource, others: list[TensorSource]) -> Non
 def check_counts(spec: MergeMethod, n_models: int, has_base: bool) -> None:
     if n_models == 0:
         raise RecipeError("no models to merge: give at least one expert")
-    if spec.needs.base and not has_base:
+    if spec.needs.base is True and not has_base:
         raise RecipeError(f"method '{spec.name}' needs a base model (--base, or base_model: in "
                           "the recipe)")
     if n_models < spec.needs.min_models:

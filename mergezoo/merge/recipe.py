@@ -138,4 +138,4 @@ class MergeRecipe(BaseModel):
         data = self.model_dump(exclude_none=True, exclude_defaults=False)
         if not data.get("models"):
             data.pop("models", None)
-        return yaml.safe_dump(data, sort_keys=False)
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

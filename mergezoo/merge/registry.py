@@ -33,7 +33,9 @@ from mergezoo.merge.layers import is_setting, setting_leaves
 class Needs:
     """What a method needs beyond the experts' weights (the paper's practical requirements)."""
 
-    base: bool = True  # the pretrained model the experts were fine-tuned from
+    # The pretrained model the experts were fine-tuned from: True (required), "optional" (used
+    # when given), or False (never used).
+    base: bool | Literal["optional"] = True
     statistics: str | None = None  # e.g. "fisher" (diagonal), "gram" (inputs' Gram matrices)
     data: Literal[None, "labelled", "unlabelled"] = None  # data seen while merging
     min_models: int = 1

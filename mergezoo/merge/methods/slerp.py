@@ -18,7 +18,7 @@ def _pair(x: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @merge_method("slerp", paper="https://dl.acm.org/doi/10.1145/325165.325242",
-              needs=Needs(base=False, min_models=1, max_models=2), returns="weights",
+              needs=Needs(base="optional", min_models=1, max_models=2), returns="weights",
               ranges={"t": Interval(0, 1)}, grid={"t": [0.1, 0.3, 0.5, 0.7, 0.9]},
               helps={"t": "0 gives the first model (the base, if given), 1 the second"})
 def slerp(x: MergeInputs, *, t: float = 0.5) -> torch.Tensor:
@@ -57,7 +57,7 @@ def spherical_mean(vectors: torch.Tensor, weights: torch.Tensor, *, iterations: 
 
 
 @merge_method("multislerp", paper="https://doi.org/10.1145/502122.502124",
-              needs=Needs(base=False, min_models=2), returns="weights", per_model=("weight",),
+              needs=Needs(base="optional", min_models=2), returns="weights", per_model=("weight",),
               ranges={"weight": Interval(0, float("inf"))}, grid={},
               aliases=("multi_slerp",),
               helps={"weight": "relative weight of each model on the sphere"})
