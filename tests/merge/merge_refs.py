@@ -1,0 +1,165 @@
+"""Straightforward reference implementations of the merge methods, written independently of
+mergezoo.merge.ops: plain Python loops over flattened tensors, in float64, following
+mergekit's semantics for the methods mergekit has (generalized task arithmetic, linear,
+slerp, model_stock, magnitude / magnitude_outliers sparsification)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+
+def flat(t: torch.Tensor) -> list[float]:
+    return [float(v) for v in t.detach().double().reshape(-1)]
+
+
+def unflat(values: list[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64).reshape(like.shape)
+
+
+def sign(v: float) -> int:
+    return 1 if v > 0 else (-1 if v < 0 else 0)
+
+
+# --- sparsification (returns the set of kept indices) -----------------------------------------
+
+def keep_all(values: list[float]) -> set[int]:
+    return set(range(len(values)))
+
+
+def keep_magnitude(values: list[float], density: float) -> set[int]:
+    """mergekit `magnitude`: keep the int(density * n) entries of largest |value|."""
+    if density >= 1:
+        return keep_all(values)
+    k = int(density * len(values))
+    order = sorted(range(len(values)), key=lambda i: -abs(values[i]))
+    return set(order[:k])
+
+
+def keep_outliers(values: list[float], density: float, gamma: float) -> set[int]:
+    """mergekit `magnitude_outliers`: drop the int(gamma * n) largest, then the smallest so that
+    int(density * n) remain (fewer outliers dropped when there are not enough entries)."""
+    if density >= 1:
+        return keep_all(values)
+    n = len(values)
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bot = n - target - n_top
+    if n_bot < 0:
+        n_top += n_bot
+        n_bot = 0
+    ascending = sorted(range(n), key=lambda i: abs(values[i]))
+    return set(ascending[n_bot:n - n_top])
+
+
+# --- combination -------------------------------------------------------------------------------
+
+def gta_entry(wd: list[float], weights: list[float], *, sign_rule: str | None,
+              normalize: bool, lambda_: float) -> float:
+    """One entry of mergekit's generalized task arithmetic, given the weighted deltas."""
+    if sign_rule is None:
+        mixed = sum(wd)
+        divisor = sum(weights)
+        if abs(divisor) < 1e-8:
+            divisor = 1.0
+    else:
+        if sign_rule == "sum":
+            elected = 1 if sum(wd) >= 0 else -1
+        else:
+            elected = 1 if sum(sign(v) for v in wd) >= 0 else -1
+        agree = [i for i, v in enumerate(wd) if sign(v) == elected]
+        mixed = sum(wd[i] for i in agree)
+        divisor = sum(weights[i] for i in agree)
+        if divisor == 0:
+            divisor = 1.0
+    if normalize:
+        mixed = mixed / divisor
+    return mixed * lambda_
+
+
+def ref_gta(base: torch.Tensor, models: list[torch.Tensor], weights: list[float], *,
+            sign_rule: str | None, normalize: bool, lambda_: float = 1.0,
+            kept: list[set[int]] | None = None, scale: list[float] | None = None) -> torch.Tensor:
+    """base + lambda * combine(sparsified weighted task vectors).
+
+    `kept[i]` is the set of indices expert i keeps (all when None); `scale[i]` multiplies the
+    kept entries (DARE's 1/density rescale)."""
+    b = flat(base)
+    deltas = [[m - bv for m, bv in zip(flat(model), b)] for model in models]
+    n = len(models)
+    kept = kept or [set(range(len(b))) for _ in range(n)]
+    scale = scale or [1.0] * n
+    out = []
+    for j, bv in enumerate(b):
+        wd = [weights[i] * (deltas[i][j] * scale[i] if j in kept[i] else 0.0) for i in range(n)]
+        out.append(bv + gta_entry(wd, weights, sign_rule=sign_rule, normalize=normalize,
+                                  lambda_=lambda_))
+    return unflat(out, base)
+
+
+def ref_linear(models: list[torch.Tensor], weights: list[float], normalize: bool) -> torch.Tensor:
+    vals = [flat(m) for m in models]
+    total = sum(weights)
+    out = []
+    for j in range(len(vals[0])):
+        s = sum(w * v[j] for w, v in zip(weights, vals))
+        out.append(s / total if normalize else s)
+    return unflat(out, models[0])
+
+
+# --- spherical ---------------------------------------------------------------------------------
+
+def ref_slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, threshold: float = 0.9995,
+              eps: float = 1e-8) -> torch.Tensor:
+    """mergekit's slerp: on the flattened tensors, lerp when |cos| > threshold."""
+    a, b = flat(v0), flat(v1)
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(x * x for x in b))
+    ua = [x / na for x in a] if na > eps else a
+    ub = [x / nb for x in b] if nb > eps else b
+    dot = sum(x * y for x, y in zip(ua, ub))
+    if abs(dot) > threshold:
+        return unflat([(1 - t) * x + t * y for x, y in zip(a, b)], v0)
+    theta = math.acos(dot)
+    s0 = math.sin((1 - t) * theta) / math.sin(theta)
+    s1 = math.sin(t * theta) / math.sin(theta)
+    return unflat([s0 * x + s1 * y for x, y in zip(a, b)], v0)
+
+
+# --- model stock, consensus -------------------------------------------------------------------
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def ref_model_stock(base: torch.Tensor, models: list[torch.Tensor]) -> torch.Tensor:
+    b = flat(base)
+    deltas = [[m - bv for m, bv in zip(flat(model), b)] for model in models]
+    cosines = [cosine(x, y) for x, y in itertools.combinations(deltas, 2)]
+    cos = sum(cosines) / len(cosines)
+    n = len(models)
+    t = n * cos / (1 + (n - 1) * cos)
+    vals = [flat(m) for m in models]
+    out = [t * sum(v[j] for v in vals) / n + (1 - t) * b[j] for j in range(len(b))]
+    return unflat(out, base)
+
+
+def ref_model_stock_rows(base: torch.Tensor, models: list[torch.Tensor]) -> torch.Tensor:
+    """filter_wise: one ratio per output row of a 2-D tensor."""
+    rows = [ref_model_stock(base[r], [m[r] for m in models]) for r in range(base.shape[0])]
+    return torch.stack(rows)
+
+
+def ref_consensus(base: torch.Tensor, models: list[torch.Tensor], weights: list[float], *,
+                  k: int, mask_lambda: float, lambda_: float) -> torch.Tensor:
+    b = flat(base)
+    deltas = [[m - bv for m, bv in zip(flat(model), b)] for model in models]
+    out = []
+    for j, bv in enumerate(b):
+        mtl = sum(w * d[j] for w, d in zip(weights, deltas))
+        votes = sum(1 for d in deltas if abs(d[j]) >= mask_lambda * abs(mtl - d[j]))
+        out.append(bv + (lambda_ * mtl if votes >= k else 0.0))
+    return unflat(out, base)

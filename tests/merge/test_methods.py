@@ -1,0 +1,382 @@
+"""Every merge method against an independent reference (tests/merge/merge_refs.py), called
+through the public registry API: get_method(name).fn(MergeInputs(...), **resolve(...))."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from conftest import call_method
+from merge_refs import (
+    flat,
+    gta_entry,
+    keep_magnitude,
+    keep_outliers,
+    ref_consensus,
+    ref_gta,
+    ref_linear,
+    ref_model_stock,
+    ref_model_stock_rows,
+    ref_slerp,
+)
+from mergezoo.merge import get_method, list_methods
+
+ATOL = 1e-5
+
+
+def close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL) -> None:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    torch.testing.assert_close(a.double(), b.double(), atol=atol, rtol=1e-5)
+
+
+def make(seed: int, n: int, shape=(7, 9), scale: float = 0.5):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    models = [base + scale * torch.randn(shape, generator=g) for _ in range(n)]
+    return base, models
+
+
+def test_registry_has_every_data_free_method():
+    names = {m.name for m in list_methods()}
+    expected = {"average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp",
+                "multislerp", "breadcrumbs", "breadcrumbs_ties", "model_stock", "consensus"}
+    assert expected <= names
+    assert get_method("linear").name == "average"
+    for m in list_methods():
+        assert m.paper.startswith("http")
+        assert m.summary, f"{m.name} has no docstring"
+
+
+# --- average / linear -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["average", "linear"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_average_matches_weighted_mean(name, normalize):
+    _, models = make(1, 3)
+    weights = [1.0, 2.0, 0.5]
+    got = call_method(name, None, models, params={"normalize": normalize},
+                      model_params=[{"weight": w} for w in weights])
+    close(got, ref_linear(models, weights, normalize))
+
+
+def test_average_default_is_plain_mean():
+    _, models = make(2, 4)
+    got = call_method("average", None, models)
+    close(got, ref_linear(models, [1.0] * 4, True))
+
+
+def test_average_global_weight_applies_to_every_model():
+    _, models = make(3, 2)
+    got = call_method("average", None, models, params={"weight": 0.3, "normalize": False})
+    close(got, ref_linear(models, [0.3, 0.3], False))
+
+
+# --- task arithmetic --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_task_arithmetic(normalize):
+    base, models = make(4, 3)
+    weights = [0.5, -0.3, 1.0]
+    got = call_method("task_arithmetic", base, models,
+                      params={"lambda": 0.7, "normalize": normalize},
+                      model_params=[{"weight": w} for w in weights])
+    close(got, ref_gta(base, models, weights, sign_rule=None, normalize=normalize, lambda_=0.7))
+
+
+def test_task_arithmetic_defaults_add_the_sum_of_task_vectors():
+    base, models = make(5, 2)
+    got = call_method("task_arithmetic", base, models)
+    close(got, base + (models[0] - base) + (models[1] - base))
+
+
+# --- TIES -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("lambda_", [1.0, 1.3])
+def test_ties_matches_mergekit_reference(normalize, lambda_):
+    base, models = make(6, 3)
+    weights = [1.0, 0.5, 2.0]
+    densities = [0.3, 0.5, 0.7]
+    got = call_method("ties", base, models, params={"lambda": lambda_, "normalize": normalize},
+                      model_params=[{"weight": w, "density": d} for w, d in zip(weights, densities)])
+    kept = [keep_magnitude(flat(m - base), d) for m, d in zip(models, densities)]
+    close(got, ref_gta(base, models, weights, sign_rule="sum", normalize=normalize,
+                       lambda_=lambda_, kept=kept))
+
+
+def test_ties_default_normalizes_like_mergekit():
+    base, models = make(7, 2)
+    got = call_method("ties", base, models, params={"density": 0.5},
+                      model_params=[{"weight": 1.0}, {"weight": 3.0}])
+    kept = [keep_magnitude(flat(m - base), 0.5) for m in models]
+    close(got, ref_gta(base, models, [1.0, 3.0], sign_rule="sum", normalize=True, kept=kept))
+
+
+def test_ties_sign_election_uses_weighted_mass_and_ties_go_positive():
+    base = torch.zeros(4)
+    # entry 0: +1 (w=1) vs -0.4 (w=3) -> weighted sum -0.2 -> negative wins
+    # entry 1: +0.6 (w=1) vs -0.2 (w=3) -> weighted sum 0.0 -> tie goes to +1
+    # entry 2: -1 vs -1 -> negative, both agree
+    # entry 3: +2 vs 0 -> the zero entry does not count in the divisor
+    a = torch.tensor([1.0, 0.6, -1.0, 2.0])
+    b = torch.tensor([-0.4, -0.2, -1.0, 0.0])
+    got = call_method("ties", base, [a, b], params={"density": 1.0},
+                      model_params=[{"weight": 1.0}, {"weight": 3.0}])
+    expected = torch.tensor([-0.4, 0.6, -1.0, 2.0])
+    close(got, expected)
+
+
+def test_ties_count_rule():
+    base = torch.zeros(3)
+    a = torch.tensor([5.0, 5.0, -1.0])
+    b = torch.tensor([-1.0, -1.0, 1.0])
+    c = torch.tensor([-1.0, 2.0, 0.0])
+    got = call_method("ties", base, [a, b, c], params={"density": 1.0, "sign_rule": "count"})
+    ref = [gta_entry([float(x[j]) for x in (a, b, c)], [1.0] * 3, sign_rule="count",
+                     normalize=True, lambda_=1.0) for j in range(3)]
+    close(got, torch.tensor(ref))
+    # by mass entry 0 would be positive; by count it is negative
+    assert got[0] == -1.0
+
+
+def test_ties_keeps_int_density_times_n_by_magnitude():
+    base = torch.zeros(10)
+    delta = torch.tensor([0.1, -0.9, 0.3, 0.8, -0.2, 0.05, 0.7, -0.6, 0.4, 0.5])
+    got = call_method("ties", base, [delta], params={"density": 0.35})  # int(3.5) = 3
+    expected = torch.zeros(10)
+    for i in (1, 3, 6):
+        expected[i] = delta[i]
+    close(got, expected)
+
+
+# --- DARE -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method,sign_rule", [("dare_linear", None), ("dare_ties", "sum")])
+def test_dare_with_density_one_is_deterministic_reference(method, sign_rule):
+    base, models = make(8, 3)
+    weights = [0.7, 1.0, -0.4]
+    got = call_method(method, base, models, params={"density": 1.0, "lambda": 0.9},
+                      model_params=[{"weight": w} for w in weights])
+    close(got, ref_gta(base, models, weights, sign_rule=sign_rule, normalize=False, lambda_=0.9))
+
+
+@pytest.mark.parametrize("method,sign_rule", [("dare_linear", None), ("dare_ties", "sum")])
+def test_dare_each_entry_is_the_reference_merge_of_some_kept_subset(method, sign_rule):
+    """Whatever the random draw, every output entry must be the mergekit combination of the
+    rescaled deltas of the experts that kept that entry; and all-kept happens ~density^N."""
+    base, models = make(9, 2, shape=(40, 50))
+    density = 0.6
+    weights = [1.0, 0.8]
+    got = call_method(method, base, models, params={"density": density},
+                      model_params=[{"weight": w} for w in weights], seed=3) - base
+    b = flat(base)
+    deltas = [[m - bv for m, bv in zip(flat(model), b)] for model in models]
+    g = flat(got)
+    both = agreeing = 0
+    for j, value in enumerate(g):
+        candidates = []
+        for subset in itertools.product([False, True], repeat=2):
+            wd = [weights[i] * deltas[i][j] / density if subset[i] else 0.0 for i in range(2)]
+            candidates.append((subset, gta_entry(wd, weights, sign_rule=sign_rule,
+                                                 normalize=False, lambda_=1.0)))
+        matches = [s for s, v in candidates if abs(v - value) < 1e-4]
+        assert matches, f"entry {j}: {value} matches no subset of kept experts"
+        if deltas[0][j] * deltas[1][j] > 0:  # same sign: all-kept is unambiguous
+            agreeing += 1
+            both += matches == [(True, True)]
+    frac = both / agreeing
+    assert abs(frac - density ** 2) < 0.06, frac
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_dare_drop_statistics_and_rescale(rescale):
+    base = torch.zeros(200, 250)
+    delta = torch.full((200, 250), 0.5)
+    density = 0.3
+    got = call_method("dare_linear", base, [delta],
+                      params={"density": density, "rescale": rescale}, seed=11)
+    kept = got != 0
+    frac = kept.float().mean().item()
+    n = kept.numel()
+    sigma = math.sqrt(density * (1 - density) / n)
+    assert abs(frac - density) < 5 * sigma, frac
+    survivor = 0.5 / density if rescale else 0.5
+    assert torch.allclose(got[kept], torch.full_like(got[kept], survivor))
+    if rescale:  # the expected task vector is preserved
+        assert abs(got.mean().item() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+def test_dare_is_deterministic_for_a_seed(method):
+    base, models = make(10, 2, shape=(30, 30))
+    a = call_method(method, base, models, params={"density": 0.5}, seed=5)
+    b = call_method(method, base, models, params={"density": 0.5}, seed=5)
+    c = call_method(method, base, models, params={"density": 0.5}, seed=6)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_dare_per_model_density():
+    base = torch.zeros(100, 100)
+    a = torch.ones(100, 100)
+    got = call_method("dare_linear", base, [a, -a], params={"rescale": False},
+                      model_params=[{"density": 1.0}, {"density": 0.25}], seed=0)
+    # entries where expert 2 dropped: 1; where it kept: 0
+    frac_zero = (got == 0).float().mean().item()
+    assert abs(frac_zero - 0.25) < 0.03
+    assert set(torch.unique(got).tolist()) <= {0.0, 1.0}
+
+
+# --- SLERP ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 0.5, 1.0])
+def test_slerp_base_and_one_model(t):
+    base, models = make(12, 1, scale=2.0)
+    got = call_method("slerp", base, models, params={"t": t})
+    close(got, ref_slerp(t, base, models[0]))
+
+
+def test_slerp_two_models_without_base():
+    _, models = make(13, 2, scale=2.0)
+    got = call_method("slerp", None, models, params={"t": 0.25})
+    close(got, ref_slerp(0.25, models[0], models[1]))
+
+
+def test_slerp_is_not_linear_for_distant_vectors():
+    v0 = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    v1 = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    got = call_method("slerp", v0, [v1], params={"t": 0.5})
+    close(got, torch.tensor([math.sqrt(0.5), math.sqrt(0.5), 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("cos,linear", [(0.9997, True), (0.999, False), (-0.9997, True)])
+def test_slerp_colinear_fallback_threshold(cos, linear):
+    sin = math.sqrt(1 - cos * cos)
+    v0 = torch.tensor([2.0, 0.0, 0.0])
+    v1 = torch.tensor([3.0 * cos, 3.0 * sin, 0.0])
+    t = 0.4
+    got = call_method("slerp", v0, [v1], params={"t": t})
+    lerp = (1 - t) * v0 + t * v1
+    close(got, ref_slerp(t, v0, v1))
+    if linear:
+        close(got, lerp)
+    else:
+        assert not torch.allclose(got, lerp, atol=1e-6)
+
+
+# --- multislerp -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
+def test_multislerp_two_models_equal_norms_is_slerp(t):
+    g = torch.Generator().manual_seed(14)
+    a = torch.randn(5, 6, generator=g)
+    b = torch.randn(5, 6, generator=g)
+    b = b * (a.norm() / b.norm())
+    got = call_method("multislerp", None, [a, b], model_params=[{"weight": 1 - t}, {"weight": t}])
+    close(got, ref_slerp(t, a, b), atol=1e-4)
+
+
+def test_multislerp_with_base_interpolates_task_vectors():
+    g = torch.Generator().manual_seed(15)
+    base = torch.randn(20, generator=g)
+    d0 = torch.randn(20, generator=g)
+    d1 = torch.randn(20, generator=g)
+    d1 = d1 * (d0.norm() / d1.norm())
+    got = call_method("multislerp", base, [base + d0, base + d1],
+                      model_params=[{"weight": 0.7}, {"weight": 0.3}])
+    close(got, base + ref_slerp(0.3, d0, d1), atol=1e-4)
+
+
+def test_multislerp_three_models_unit_sphere_mean():
+    # three orthogonal unit vectors with equal weights: the mean direction is (1,1,1)/sqrt(3)
+    vs = [torch.eye(3)[i] for i in range(3)]
+    got = call_method("multislerp", None, vs)
+    close(got, torch.full((3,), 1 / math.sqrt(3)), atol=1e-4)
+
+
+# --- breadcrumbs ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("density,gamma", [(0.6, 0.1), (0.95, 0.1), (0.5, 0.3)])
+@pytest.mark.parametrize("method,sign_rule", [("breadcrumbs", None), ("breadcrumbs_ties", "sum")])
+def test_breadcrumbs_matches_mergekit_magnitude_outliers(method, sign_rule, density, gamma):
+    base, models = make(16, 3, shape=(5, 10))
+    weights = [1.0, 0.6, 1.5]
+    got = call_method(method, base, models,
+                      params={"density": density, "gamma": gamma, "lambda": 1.1},
+                      model_params=[{"weight": w} for w in weights])
+    kept = [keep_outliers(flat(m - base), density, gamma) for m in models]
+    close(got, ref_gta(base, models, weights, sign_rule=sign_rule, normalize=False,
+                       lambda_=1.1, kept=kept))
+
+
+def test_breadcrumbs_drops_the_largest_entries():
+    base = torch.zeros(10)
+    delta = torch.arange(1.0, 11.0)  # magnitudes 1..10
+    got = call_method("breadcrumbs", base, [delta], params={"density": 0.5, "gamma": 0.2})
+    # drop the top 2 (10, 9) and the smallest 3 (1, 2, 3): keep 4..8
+    expected = torch.tensor([0, 0, 0, 4, 5, 6, 7, 8, 0, 0], dtype=torch.float32)
+    close(got, expected)
+
+
+def test_breadcrumbs_normalize():
+    base, models = make(17, 2, shape=(50,))
+    got = call_method("breadcrumbs", base, models,
+                      params={"density": 0.8, "gamma": 0.1, "normalize": True},
+                      model_params=[{"weight": 2.0}, {"weight": 1.0}])
+    kept = [keep_outliers(flat(m - base), 0.8, 0.1) for m in models]
+    close(got, ref_gta(base, models, [2.0, 1.0], sign_rule=None, normalize=True, kept=kept))
+
+
+# --- model stock ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_model_stock(n):
+    g = torch.Generator().manual_seed(18 + n)
+    base = torch.randn(6, 8, generator=g)
+    shared = torch.randn(6, 8, generator=g)  # correlated task vectors: cos well above 0
+    models = [base + shared + 0.8 * torch.randn(6, 8, generator=g) for _ in range(n)]
+    got = call_method("model_stock", base, models)
+    close(got, ref_model_stock(base, models))
+
+
+def test_model_stock_filter_wise():
+    g = torch.Generator().manual_seed(30)
+    base = torch.randn(4, 8, generator=g)
+    shared = torch.randn(4, 8, generator=g)
+    models = [base + shared + 0.7 * torch.randn(4, 8, generator=g) for _ in range(3)]
+    got = call_method("model_stock", base, models, params={"filter_wise": True})
+    close(got, ref_model_stock_rows(base, models))
+
+
+def test_model_stock_ratio_formula_on_known_angle():
+    # two task vectors at 60 degrees: cos = 0.5, N = 2 -> t = 1 / 1.5 = 2/3
+    base = torch.zeros(2)
+    a = torch.tensor([1.0, 0.0])
+    b = torch.tensor([0.5, math.sqrt(3) / 2])
+    got = call_method("model_stock", base, [a, b])
+    close(got, (2 / 3) * (a + b) / 2)
+
+
+# --- consensus --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,mask_lambda,lambda_", [(2, 0.4, 1.0), (1, 0.8, 0.5), (3, 0.2, 1.2)])
+def test_consensus_tall_masks(k, mask_lambda, lambda_):
+    base, models = make(19, 4, shape=(6, 7))
+    weights = [1.0, 0.5, 0.8, 1.2]
+    got = call_method("consensus", base, models,
+                      params={"k": k, "mask_lambda": mask_lambda, "lambda": lambda_},
+                      model_params=[{"weight": w} for w in weights])
+    close(got, ref_consensus(base, models, weights, k=k, mask_lambda=mask_lambda,
+                             lambda_=lambda_))
+
+
+def test_consensus_removes_selfish_weights():
+    base = torch.zeros(2)
+    # entry 0: only expert 0 moves it (selfish); entry 1: both move it (consensus)
+    a = torch.tensor([1.0, 1.0])
+    b = torch.tensor([0.0, 1.0])
+    got = call_method("consensus", base, [a, b], params={"k": 2, "mask_lambda": 0.5})
+    close(got, torch.tensor([0.0, 2.0]))
