@@ -161,6 +161,7 @@ def open_lora_source(folder: str | Path, label: str, base_source: TensorSource, 
     with safe_open(str(adapter_file), framework="pt", device="cpu") as handle:
         keys = list(handle.keys())
         alphas = {k: float(handle.get_tensor(k).item()) for k in keys if k.endswith(".alpha")}
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in keys}
         metadata = handle.metadata() or {}
     if not config and "lora_adapter_metadata" in metadata:  # diffusers >= 0.33 stores the config
         try:
@@ -168,7 +169,7 @@ def open_lora_source(folder: str | Path, label: str, base_source: TensorSource, 
         except ValueError:
             config = {}
     base_keys = set(base_source.keys())
-    layers, replacements, unknown = _map_keys(keys, alphas, config, base_keys, component)
+    layers, replacements, unknown = _map_keys(keys, shapes, alphas, config, base_keys, component)
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise IncompatibleModelsError(f"{label}: {len(unknown)} adapter tensor(s) match no tensor "
@@ -195,12 +196,12 @@ def _strip(key: str, prefix: str) -> str:
     return key[len(prefix):] if prefix and key.startswith(prefix) else key
 
 
-def _map_keys(keys: list[str], alphas: dict[str, float], config: dict, base_keys: set[str],
-              component: str | None):
+def _map_keys(keys: list[str], shapes: dict[str, tuple], alphas: dict[str, float], config: dict,
+              base_keys: set[str], component: str | None):
     """Pair adapter tensors into layers keyed by base tensor name, whatever the naming scheme."""
     best = None
     for prefix in _candidate_prefixes(keys, component):
-        result = _map_with_prefix(keys, alphas, config, base_keys, prefix)
+        result = _map_with_prefix(keys, shapes, alphas, config, base_keys, prefix)
         hits = len(result[0]) + len(result[1])
         if best is None or (hits, -len(result[2])) > (best[0], -len(best[1][2])):
             best = (hits, result)
@@ -209,17 +210,16 @@ def _map_keys(keys: list[str], alphas: dict[str, float], config: dict, base_keys
 
 def _candidate_prefixes(keys: list[str], component: str | None) -> list[str]:
     if component:
-        return [f"base_model.model.{component}.", f"{component}.", f"lora_{component}_"]
+        kohya = {"unet": "lora_unet_", "text_encoder": "lora_te_", "transformer": "lora_transformer_"}
+        return [f"base_model.model.{component}.", f"{component}.", kohya.get(component, "")]
     prefixes = ["base_model.model.", ""]
-    for name in COMPONENT_PREFIXES:
-        if any(k.startswith(f"{name}.") for k in keys):
-            prefixes.append(f"{name}.")
-        if any(k.startswith(f"lora_{name}_") or k.startswith(f"lora_te_") for k in keys):
-            prefixes.append(f"lora_{name}_")
+    prefixes += [f"{name}." for name in COMPONENT_PREFIXES if any(k.startswith(f"{name}.") for k in keys)]
+    prefixes += sorted({m.group(1) for k in keys
+                        if (m := re.match(r"^(lora_(?:unet|te\d?|transformer)_)", k))})
     return prefixes
 
 
-def _map_with_prefix(keys, alphas, config, base_keys, prefix):
+def _map_with_prefix(keys, shapes, alphas, config, base_keys, prefix):
     layers: dict[str, LoraLayer] = {}
     replacements: dict[str, str] = {}
     unknown: list[str] = []
@@ -229,9 +229,7 @@ def _map_with_prefix(keys, alphas, config, base_keys, prefix):
     default_alpha = config.get("lora_alpha")
     for key in keys:
         if prefix and not key.startswith(prefix):
-            if prefix.startswith("lora_") or "." in prefix[:-1] or any(
-                    key.startswith(f"{c}.") for c in COMPONENT_PREFIXES):
-                continue  # another component of a multi-component LoRA file
+            continue  # e.g. another component of a multi-component diffusers LoRA file
         rest = _strip(key, prefix)
         if key.endswith(".alpha"):
             continue
@@ -274,23 +272,19 @@ def _map_with_prefix(keys, alphas, config, base_keys, prefix):
             unknown.append(key)
     for module, found in pairs.items():
         weight = f"{module}.weight"
-        if weight not in base_keys and f"{module}.base_layer.weight" not in base_keys:
-            unknown += [found[s] for s in ("A", "B") if s in found]
-            continue
-        if "A" not in found or "B" not in found:
+        if weight not in base_keys or "A" not in found or "B" not in found:
             unknown += [found[s] for s in ("A", "B") if s in found]
             continue
         layers[weight] = LoraLayer(found["A"], found["B"], 0.0, found.get("layout", "linear"),
                                    bool(config.get("fan_in_fan_out")))
-        layers[weight].scaling = _scaling(module, found, alphas, config, default_r, default_alpha,
-                                          keys)
+        layers[weight].scaling = _scaling(module, found, shapes[found["A"]][0], alphas, config,
+                                          default_r, default_alpha)
     return layers, replacements, unknown
 
 
-def _scaling(module, found, alphas, config, default_r, default_alpha, keys) -> float:
-    rank = None
-    if "A" in found:
-        rank = _rank_of(found["A"], keys)
+def _scaling(module: str, found: dict, rank: int, alphas: dict, config: dict, default_r,
+             default_alpha) -> float:
+    """PEFT's scaling of one layer: alpha / r (alpha / sqrt(r) with rsLoRA)."""
     if "alpha" in found:  # kohya: an explicit alpha per module
         alpha = alphas[found["alpha"]]
     elif default_alpha is not None:
@@ -298,19 +292,12 @@ def _scaling(module, found, alphas, config, default_r, default_alpha, keys) -> f
     else:
         alpha = rank  # diffusers without alphas: scaling 1
     r = pattern_value(config.get("rank_pattern"), module, default_r) if default_r else rank
-    if rank is not None and r is not None and int(r) != int(rank):
-        r = rank  # the saved factors are the truth
-    r = r or rank
+    if int(r) != int(rank):
+        raise IncompatibleModelsError(f"{module}: adapter_config.json gives rank {r}, but the "
+                                      f"saved factors have rank {rank}")
     if config.get("use_rslora"):
         return float(alpha) / math.sqrt(r)
     return float(alpha) / float(r)
-
-
-_RANK_CACHE: dict[str, int] = {}
-
-
-def _rank_of(a_key: str, keys: list[str]) -> int | None:
-    return _RANK_CACHE.get(a_key)
 
 
 # ----- LoRA out: truncated SVD of a merged delta ----------------------------------------------

@@ -1,9 +1,13 @@
 """Turn a model reference into a local folder, recording where it came from.
 
+Local paths are used in place. Hub repo IDs (`org/name`, `org/name@revision`) are pulled into
+the normal Hub cache with `pull_model` (safetensors, configs, tokenizer and adapter files; no
+pickles unless allowed) and the commit SHA they were pulled at is recorded.
+
 Example:
-    >>> resolved = resolve_model("./experts/a")            # doctest: +SKIP
+    >>> resolved = resolve_model("org/expert@v1")           # doctest: +SKIP
     >>> resolved.path, resolved.revision                    # doctest: +SKIP
-    (PosixPath('experts/a'), None)
+    (PosixPath('.../models--org--expert/snapshots/3f1c...'), '3f1c...')
 """
 
 from __future__ import annotations
@@ -29,12 +33,22 @@ class ResolvedModel:
                 "revision": self.revision}
 
 
-def resolve_model(ref: str | ModelRef | Path, *, allow_pickle: bool = False) -> ResolvedModel:
-    """Resolve a reference to a local folder (Hub repos are pulled into the Hub cache)."""
+def resolve_model(ref: str | ModelRef | Path, *, allow_pickle: bool = False,
+                  token: str | None = None, component: str | None = None) -> ResolvedModel:
+    """Resolve a reference to a local folder (Hub repos are pulled into the Hub cache).
+
+    `component` (a diffusers subfolder such as "unet") pulls only that folder's weights, plus
+    every config of the pipeline.
+    """
     ref = ref if isinstance(ref, ModelRef) else ModelRef.parse(str(ref))
     path = Path(ref.spec).expanduser()
     if path.exists():
         return ResolvedModel(ref=ref, path=path)
     if ref.is_local:
         raise ModelNotFoundError(f"{ref}: no such file or folder")
-    raise ModelNotFoundError(f"{ref}: not a local folder, and Hub pulling is not available yet")
+    from mergezoo.zoo.pull import pull_model
+
+    pulled = pull_model(ref, allow_pickle=allow_pickle, token=token,
+                        components=[component] if component else None)
+    return ResolvedModel(ref=ref, path=pulled.path, repo_id=pulled.repo_id,
+                         revision=pulled.revision)
