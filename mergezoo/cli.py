@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "mergezoo.commands.search",
     "mergezoo.commands.pull",
     "mergezoo.commands.push",
+    "mergezoo.commands.build_zoo",
+    "mergezoo.commands.benchmarks",
 ]
 
 

@@ -48,6 +48,9 @@ class Benchmark(ABC):
     """A compositional benchmark. Subclasses implement `make_data`, `train_zoo`, `load_model`
     and `predict` (or override `score` for metrics that are not label accuracy)."""
 
+    #: torch threads used while scoring (None: torch's default); tiny models want 1.
+    eval_threads: int | None = None
+
     def __init__(self, spec: BenchmarkSpec) -> None:
         self.spec = spec
         self._data: dict[str, DatasetDict] | None = None
@@ -159,9 +162,12 @@ class Benchmark(ABC):
         path = Path(model_dir)
         if not path.exists():
             raise BenchmarkError(f"{model_dir}: no such model folder")
+        from mergezoo.eval.benchmarks.training import quiet_loading, torch_threads
+
         wanted = [self.cell(c) for c in cells] if cells is not None else self.cells
-        model = self.load_model(path)
-        return {c.name: float(self.score(model, self.dataset(c, split), c)) for c in wanted}
+        with torch_threads(self.eval_threads), quiet_loading():
+            model = self.load_model(path)
+            return {c.name: float(self.score(model, self.dataset(c, split), c)) for c in wanted}
 
     # -- sanity -----------------------------------------------------------------------------
     def average_models(self, model_dirs: Sequence[Path], out_dir: Path) -> Path | None:

@@ -166,25 +166,28 @@ def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: boo
                                  f"(size {benchmark.size}); pass force=True / --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        started = time.perf_counter()
-        writer = ZooWriter(tmp, benchmark.spec)
-        data = benchmark.data()
-        writer.save_datasets(data)
-        benchmark.train_zoo(writer, data)
-        train_seconds = time.perf_counter() - started
-        # sanity.json must exist before the manifest hashes the files
-        if sanity:
-            from mergezoo.eval.benchmarks.sanity import compute_sanity
+    from mergezoo.eval.benchmarks.training import quiet_loading
 
-            numbers = compute_sanity(benchmark, writer.models, tmp)
-            (tmp / "sanity.json").write_text(json.dumps(numbers, indent=1) + "\n")
-        writer.finish()
-        total = time.perf_counter() - started
-        (tmp / "build.json").write_text(json.dumps(
-            {"train_seconds": round(train_seconds, 2), "total_seconds": round(total, 2),
-             "threads": _threads(), "versions": _versions()}, indent=1) + "\n")
-        _move_into_place(tmp, target, force)
+    try:
+        with quiet_loading():
+            started = time.perf_counter()
+            writer = ZooWriter(tmp, benchmark.spec)
+            data = benchmark.data()
+            writer.save_datasets(data)
+            benchmark.train_zoo(writer, data)
+            train_seconds = time.perf_counter() - started
+            # sanity.json must exist before the manifest hashes the files
+            if sanity:
+                from mergezoo.eval.benchmarks.sanity import compute_sanity
+
+                numbers = compute_sanity(benchmark, writer.models, tmp)
+                (tmp / "sanity.json").write_text(json.dumps(numbers, indent=1) + "\n")
+            writer.finish()
+            total = time.perf_counter() - started
+            (tmp / "build.json").write_text(json.dumps(
+                {"train_seconds": round(train_seconds, 2), "total_seconds": round(total, 2),
+                 "threads": _threads(), "versions": _versions()}, indent=1) + "\n")
+            _move_into_place(tmp, target, force)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

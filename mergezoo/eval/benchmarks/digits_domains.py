@@ -134,6 +134,8 @@ def to_tensor(images: list[Any]) -> torch.Tensor:
 class DigitsDomains(Benchmark):
     """Digit groups x rendering domains, a tiny ViT base, full fine-tuned experts, frozen head."""
 
+    eval_threads = 1
+
     def __init__(self, size: str = "default") -> None:
         if size not in SIZE_PARAMS:
             raise BenchmarkError(f"{NAME}: unknown size {size!r}; sizes: {sorted(SIZE_PARAMS)}")

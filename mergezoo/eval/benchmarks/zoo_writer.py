@@ -12,7 +12,10 @@ Layout of a zoo folder (every model folder can be pushed to the Hub as it is):
       <bench>-expert-<cell>-seed<k>/   one per held-in cell and seed
       <bench>-multitask-seed0/         trained on all held-in cells
       <bench>-oracle-<cell>-seed0/     one per held-out cell
-      datasets/<bench>-data/<cell>/    DatasetDict.save_to_disk: train/ validation/ test/
+      datasets/mergezoo/<bench>-data/  a Hub-style dataset repo (README.md card), holding
+          <cell>/                      DatasetDict.save_to_disk: train/ validation/ test/
+    (the data sits three levels down, so a local-zoo scan of repo folders one or two levels deep
+    lists only the models).
 
 Example:
     >>> writer = ZooWriter(tmp_dir, spec)                                   # doctest: +SKIP
@@ -87,6 +90,11 @@ class ZooWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "benchmark.yaml").write_text(spec.to_yaml())
 
+    @property
+    def data_path(self) -> str:
+        """Where the per-cell datasets go, relative to the zoo root."""
+        return f"datasets/mergezoo/{self.spec.name}-data"
+
     def repo_name(self, role: str, cell: str | None = None, seed: int | None = None) -> str:
         """`<bench>-<role>[-<cell>][-seed<k>]`, e.g. digits-domains-expert-group0-inverted-seed0."""
         parts = [self.spec.name, role] + ([cell] if cell else []) + (
@@ -154,8 +162,8 @@ class ZooWriter:
         ModelCard(content).save(path / "README.md")
 
     def save_datasets(self, data: Mapping[str, Any]) -> Path:
-        """Save every cell's DatasetDict under datasets/<bench>-data/<cell>/ with a dataset card."""
-        root = self.root / "datasets" / f"{self.spec.name}-data"
+        """Save every cell's DatasetDict under datasets/mergezoo/<bench>-data/<cell>/, with a card."""
+        root = self.root / self.data_path
         for cell_name, dd in data.items():
             self.spec.cell(cell_name)
             dd.save_to_disk(str(root / cell_name))
@@ -178,7 +186,7 @@ class ZooWriter:
         manifest = {"benchmark": self.spec.name, "size": self.spec.size,
                     "definition_hash": self.spec.definition_hash(),
                     "definition": self.spec.to_dict(), "models": self.models,
-                    "datasets": {"path": f"datasets/{self.spec.name}-data",
+                    "datasets": {"path": self.data_path,
                                  "cells": self.datasets},
                     "files": hash_tree(self.root)}
         tmp = self.root / f"{MANIFEST}.tmp"

@@ -1,0 +1,196 @@
+"""digits-domains at size tiny: zoo layout and cards, disjoint splits, deterministic rebuild,
+experts beating the base, and the public evaluate() API."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from huggingface_hub import ModelCard
+
+from mergezoo.errors import BenchmarkError
+from mergezoo.eval.benchmarks import ID_COLUMN, LocalZoo, build_zoo, get_benchmark
+from mergezoo.eval.benchmarks.digits_domains import DOMAINS, HELD_IN, load_sources, render
+from mergezoo.eval.benchmarks.zoo_writer import hash_tree
+
+
+def test_zoo_has_every_model_with_hub_style_files(digits_tiny):
+    bench, zoo = digits_tiny
+    assert len(zoo.models("base")) == 1
+    assert len(zoo.models("multitask")) == 1
+    assert {m.cell for m in zoo.models("oracle")} == {c.name for c in bench.held_out_cells}
+    experts = zoo.models("expert")
+    assert sorted(HELD_IN) == sorted({m.cell for m in experts})
+    assert zoo.seeds("expert") == [0, 1, 2]
+    assert len(experts) == 3 * len(HELD_IN)
+    for m in zoo.models():
+        assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in m.path.iterdir()}
+
+
+def test_expert_card_carries_tags_base_and_recipe(digits_tiny):
+    _, zoo = digits_tiny
+    path = zoo.model_path("expert", "group1-rotated", seed=2)
+    card = ModelCard.load(path / "README.md")
+    tags = card.data.tags
+    for tag in ("mergezoo-bench:digits-domains", "cell:group1-rotated", "role:expert", "seed:2",
+                "group:group1", "domain:rotated"):
+        assert tag in tags
+    assert card.data.base_model == "digits-domains-base"
+    assert (zoo.root / card.data.base_model / "model.safetensors").is_file()
+    assert card.data.mergezoo["trained_on"] == ["group1-rotated"]
+    assert "## Training recipe" in card.text and "classifier." in card.text
+
+
+def test_head_is_frozen_and_shared(digits_tiny):
+    from safetensors.torch import load_file
+
+    _, zoo = digits_tiny
+    base = load_file(str(zoo.model_path("base") / "model.safetensors"))
+    expert = load_file(str(zoo.model_path("expert", "group0-inverted", 0) / "model.safetensors"))
+    heads = [k for k in base if k.startswith("classifier.")]
+    assert heads and all(np.array_equal(base[k], expert[k]) for k in heads)
+    body = [k for k in base if not k.startswith("classifier.")]
+    assert any(not np.array_equal(base[k], expert[k]) for k in body)
+
+
+def test_no_test_or_validation_source_in_any_train_split(digits_tiny):
+    bench, zoo = digits_tiny
+    train_ids = set()
+    for cell in bench.cells:
+        train_ids |= set(zoo.dataset(cell.name, "train")[ID_COLUMN])
+    for cell in bench.cells:
+        for split in ("validation", "test"):
+            ids = set(zoo.dataset(cell.name, split)[ID_COLUMN])
+            assert ids and not ids & train_ids, (cell.name, split)
+        val, test = (set(zoo.dataset(cell.name, s)[ID_COLUMN]) for s in ("validation", "test"))
+        assert not val & test
+
+
+def test_cells_hold_only_their_digits_and_domain(digits_tiny):
+    bench, zoo = digits_tiny
+    groups = bench.spec.params["groups"]
+    for cell in bench.cells:
+        ds = zoo.dataset(cell.name, "train")
+        assert set(ds["domain"]) == {cell.factors["domain"]}
+        assert set(ds["label"]) <= set(groups[cell.factors["group"]])
+
+
+def test_no_held_out_cell_in_any_expert_or_multitask_training_data(digits_tiny):
+    bench, zoo = digits_tiny
+    held_out = {c.name for c in bench.held_out_cells}
+    for m in zoo.models("expert") + zoo.models("multitask"):
+        trained_on = ModelCard.load(m.path / "README.md").data.mergezoo["trained_on"]
+        assert trained_on and not set(trained_on) & held_out, m.name
+        if m.role == "expert":
+            assert trained_on == [m.cell]
+
+
+def test_saved_data_equals_regenerated_data(digits_tiny):
+    bench, zoo = digits_tiny
+    fresh = get_benchmark("digits-domains", size="tiny")
+    for cell in ("group0-inverted", "group4-plain"):
+        saved, again = zoo.dataset(cell, "test"), fresh.dataset(cell, "test")
+        assert saved[ID_COLUMN] == again[ID_COLUMN]
+        assert saved["label"] == again["label"]
+        assert np.array_equal(np.asarray(saved[0]["image"]), np.asarray(again[0]["image"]))
+
+
+def test_manifest_hashes_match_files(digits_tiny):
+    _, zoo = digits_tiny
+    assert zoo.verify() == []
+    assert len(zoo.manifest["files"]) > 100
+
+
+def test_rebuild_gives_identical_file_hashes(digits_tiny, tmp_path):
+    bench, zoo = digits_tiny
+    again = build_zoo(get_benchmark("digits-domains", size="tiny"), out=tmp_path / "again",
+                      sanity=False)
+    skip = {"zoo.json", "build.json", "sanity.json"}
+    first, second = hash_tree(zoo.root, skip), hash_tree(again.root, skip)
+    assert first.keys() == second.keys()
+    differing = [k for k in first if first[k] != second[k]]
+    assert differing == []
+
+
+def test_cached_zoo_is_reused_not_rebuilt(digits_tiny):
+    bench, zoo = digits_tiny
+    stamp = (zoo.root / "zoo.json").stat().st_mtime_ns
+    again = get_benchmark("digits-domains", size="tiny").build()
+    assert again.root == zoo.root
+    assert (zoo.root / "zoo.json").stat().st_mtime_ns == stamp
+    assert zoo.root.name.startswith("digits-domains-tiny-")
+    assert zoo.root.name.endswith(bench.spec.definition_hash()[:12])
+    assert not [p for p in zoo.root.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_experts_beat_the_base_on_their_own_cells(digits_tiny):
+    bench, zoo = digits_tiny
+    rows = {r["cell"]: r for r in zoo.sanity["cells"]}
+    for cell in bench.held_in_cells:
+        assert rows[cell.name]["own_expert"] > rows[cell.name]["base"], cell.name
+
+
+def test_evaluate_returns_every_cell_and_matches_sanity(digits_tiny):
+    bench, zoo = digits_tiny
+    scores = bench.evaluate(zoo.model_path("base"), split="test")
+    assert list(scores) == [c.name for c in bench.cells]
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    rows = {r["cell"]: r for r in zoo.sanity["cells"]}
+    assert all(abs(scores[c] - rows[c]["base"]) < 1e-4 for c in scores)
+    one = bench.evaluate(zoo.model_path("expert", "group3-blurred", 0), "validation",
+                         cells=["group3-blurred"])
+    assert list(one) == ["group3-blurred"]
+
+
+def test_evaluate_errors_name_the_culprit(digits_tiny, tmp_path):
+    bench, zoo = digits_tiny
+    with pytest.raises(BenchmarkError, match="no-such-dir"):
+        bench.evaluate(tmp_path / "no-such-dir")
+    with pytest.raises(BenchmarkError, match="group9-plain"):
+        bench.evaluate(zoo.model_path("base"), cells=["group9-plain"])
+    with pytest.raises(BenchmarkError, match="dev"):
+        bench.evaluate(zoo.model_path("base"), split="dev")
+
+
+def test_average_of_experts_is_scored_on_held_out_cells(digits_tiny):
+    _, zoo = digits_tiny
+    rows = [r for r in zoo.sanity["cells"] if not r["held_in"]]
+    assert all(r["experts_average"] is not None and r["oracle"] is not None for r in rows)
+    assert zoo.sanity["summary"]["held_out"]["experts_average"] != \
+        zoo.sanity["summary"]["held_out"]["base"]
+
+
+def test_build_refuses_to_overwrite_a_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(BenchmarkError, match="not a zoo"):
+        build_zoo(get_benchmark("digits-domains", size="tiny"), out=tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_open_non_zoo_folder_fails(tmp_path):
+    with pytest.raises(BenchmarkError, match="not a built zoo"):
+        LocalZoo(tmp_path)
+
+
+def test_domains_are_distinct_and_deterministic():
+    images, labels = load_sources()
+    assert images.shape == (1797, 16, 16) and labels.shape == (1797,)
+    plain = render(images[5], "plain", 5)
+    for domain in DOMAINS[1:]:
+        out = render(images[5], domain, 5)
+        assert out.shape == (16, 16) and out.min() >= 0 and out.max() <= 1
+        assert not np.allclose(out, plain), domain
+        assert np.array_equal(out, render(images[5], domain, 5)), domain
+    assert not np.array_equal(render(images[5], "noisy", 5), render(images[5], "noisy", 6))
+    with pytest.raises(BenchmarkError, match="sepia"):
+        render(images[0], "sepia", 0)
+
+
+def test_sanity_json_is_what_build_zoo_json_prints(digits_tiny, capsys):
+    from mergezoo.cli import main
+
+    _, zoo = digits_tiny
+    assert main(["build-zoo", "digits-domains", "--size", "tiny", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cells"] == zoo.sanity["cells"]
