@@ -37,7 +37,8 @@ def layer_positions(keys: list[str]) -> dict[str, float]:
     positions = {}
     for key, index in indices.items():
         if index is not None:
-            positions[key] = index / last if last else 0.0
+            # A single-layer model sits at 1.0, as mergekit evaluates its gradients there.
+            positions[key] = index / last if last else 1.0
         else:
             positions[key] = 0.0 if any(tag in key for tag in _FIRST) else 1.0
     return positions

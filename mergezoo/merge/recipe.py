@@ -124,7 +124,10 @@ class MergeRecipe(BaseModel):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise RecipeError(f"{source}: not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise RecipeError(f"{source}: not valid YAML{where}: {problem}") from None
         return cls.from_dict(data, source)
 
     @classmethod
