@@ -6,7 +6,7 @@ Example:
     >>> evaluate.load(".../judge_scores/judge_scores.py").compute(
     ...     predictions=[3, 3], references=[3, 5],
     ...     style_predictions=[1, 0], style_references=[1, 1])
-    {'digit_accuracy': 0.5, 'style_accuracy': 0.5, 'judge_score': 0.25}
+    {'digit_accuracy': 0.5, 'style_accuracy': 0.5, 'judge_score': 0.5}
 """
 
 import datasets
