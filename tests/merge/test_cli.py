@@ -193,14 +193,20 @@ def _shape_mismatch(toy_zoo):
     return ["--method", "average", toy_zoo["experts"][0], bad]
 
 
-@pytest.mark.parametrize("make_args", [_broken_yaml, _shape_mismatch])
-def test_BUG_cli_error_message_is_one_line(toy_zoo, capsys, make_args):
-    """The brief for the CLI: errors exit with status 2 and a ONE-LINE message. A YAML syntax
-    error (PyYAML's multi-line report with a caret) and an incompatible-models error (a header
-    line plus one indented line per problem) print several lines."""
+def test_invalid_yaml_error_is_one_line(toy_zoo, capsys):
     out = toy_zoo["root"] / "merged"
-    status = cli("merge", *make_args(toy_zoo), "--out", out)
-    assert_clean_error(capsys, status)
+    status = cli("merge", *_broken_yaml(toy_zoo), "--out", out)
+    assert_clean_error(capsys, status, "broken.yaml", "YAML")
+    assert_nothing_written(out)
+
+
+def test_BUG_incompatible_models_error_is_one_line(toy_zoo, capsys):
+    """The brief for the CLI: errors exit with status 2 and a ONE-LINE message. An
+    incompatible-models error (engine.check_compatible / zoo.validate) prints a header line
+    plus one indented line per problem."""
+    out = toy_zoo["root"] / "merged"
+    status = cli("merge", *_shape_mismatch(toy_zoo), "--out", out)
+    assert_clean_error(capsys, status, "expert-shape", "lm_head.weight")
     assert_nothing_written(out)
 
 

@@ -189,7 +189,7 @@ def test_per_layer_density_for_ties(toy_zoo):
     close(merged["model.layers.1.mlp.weight"], expert["model.layers.1.mlp.weight"])
 
 
-def test_BUG_gradient_on_single_layer_model_uses_t_1_like_mergekit(tmp_path):
+def test_gradient_on_single_layer_model_uses_t_1_like_mergekit(tmp_path):
     """mergekit (plan.py, plan_slice) evaluates gradients at t = 1 when a model has a single
     layer (`t = idx / (num_layers - 1) if num_layers > 1 else 1`); a gradient [0, 1] therefore
     gives that layer the value 1, not 0."""

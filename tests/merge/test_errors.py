@@ -358,3 +358,23 @@ def test_missing_component_folder(toy_zoo):
 
 def test_unknown_device(toy_zoo):
     check_refused(toy_zoo, RecipeError, "tpu9", device="tpu9")
+
+
+@pytest.mark.parametrize("method,model_params", [
+    ("average", [{"weight": 1.0}, {"weight": -1.0}]),
+    ("multislerp", [{"weight": 0.0}, {"weight": 0.0}]),
+])
+def test_weights_that_cannot_be_normalized(toy_zoo, method, model_params):
+    check_refused(toy_zoo, MergezooError, "weights", method=method, base=None,
+                  experts=toy_zoo["experts"][:2], model_params=model_params)
+
+
+@pytest.mark.parametrize("density", [[0.2, 0.8], [{"filter": "attn", "value": 0.5}, {"value": 1.0}]])
+def test_BUG_ties_model_scope_with_per_layer_density_is_a_clear_error(toy_zoo, density):
+    """trim_scope: model computes one threshold per expert from `density`; a per-layer density
+    (a gradient list or filter rules, valid for every other method and for trim_scope: tensor)
+    reaches global_trim.magnitude_thresholds as a list and crashes with a bare TypeError
+    ("int() argument must be ... not 'list'"). Expected: a HyperparameterError that names
+    density / trim_scope (or per-layer densities honoured), and nothing written."""
+    check_refused(toy_zoo, HyperparameterError, "density",
+                  params={"density": density, "trim_scope": "model"})
