@@ -72,9 +72,12 @@ def redact(text: str, token: str | None = None) -> str:
 
 @contextlib.contextmanager
 def hub_errors(repo_id: str, *, revision: str | None = None, token: str | None = None,
-               what: str = "") -> Iterator[None]:
-    """Translate huggingface_hub / HTTP exceptions raised inside into mergezoo errors."""
-    where = f"{repo_id}@{revision}" if revision else repo_id
+               what: str = "", label: str | None = None) -> Iterator[None]:
+    """Translate huggingface_hub / HTTP exceptions raised inside into mergezoo errors.
+
+    Messages name the model as `label` (default: repo_id@revision).
+    """
+    where = label or (f"{repo_id}@{revision}" if revision else repo_id)
     doing = f" ({what})" if what else ""
     try:
         yield
@@ -99,10 +102,11 @@ def hub_errors(repo_id: str, *, revision: str | None = None, token: str | None =
     except hf_errors.RemoteEntryNotFoundError as err:
         raise ModelNotFoundError(f"{where}: a file is missing from the repo{doing}: "
                                  f"{_url_path(err)}") from err
-    except (hf_errors.LocalEntryNotFoundError, hf_errors.IncompleteSnapshotError) as err:
+    except (hf_errors.LocalEntryNotFoundError, hf_errors.IncompleteSnapshotError,
+            hf_errors.RevisionResolutionError) as err:
         cause = err.__cause__
         if cause is not None and not isinstance(cause, hf_errors.OfflineModeIsEnabled):
-            with hub_errors(repo_id, revision=revision, token=token, what=what):
+            with hub_errors(repo_id, revision=revision, token=token, what=what, label=label):
                 raise cause from None
         if is_offline():
             raise ModelNotFoundError(
@@ -131,6 +135,13 @@ def hub_errors(repo_id: str, *, revision: str | None = None, token: str | None =
         if "Consistency check failed" in str(err):
             raise HubUnavailableError(f"{where}: a download was cut short{doing}; the incomplete "
                                       "file was discarded. Try again.") from err
+        raise
+    except RuntimeError as err:  # e.g. "Error while uploading 'x' to the Hub." around an HTTP error
+        cause = err.__cause__
+        if isinstance(cause, (hf_errors.HfHubHTTPError, httpx2.TransportError, OSError)):
+            detail = f"{what}: {_first_line(err)}" if what else _first_line(err)
+            with hub_errors(repo_id, revision=revision, token=token, what=detail, label=label):
+                raise cause from None
         raise
     except hf_errors.HFValidationError as err:
         raise ModelNotFoundError(f"{where}: not a valid Hub repo ID or revision ({err})") from err

@@ -161,16 +161,20 @@ def parse_safetensors_header(raw: bytes) -> dict[str, TensorMeta]:
 
 # ----- from the Hub --------------------------------------------------------------------------
 def inspect_hub(ref: ModelRef | str, *, token: str | None = None,
-                components: list[str] | None = None, read_headers: bool = True) -> ModelManifest:
+                components: list[str] | None = None, read_headers: bool = True,
+                label: str | None = None) -> ModelManifest:
     """Describe a Hub model from its metadata and safetensors headers (no weight download).
 
     `components` restricts which diffusers subfolders have their headers read (default: all);
-    `read_headers=False` skips the headers (file lists and configs only).
+    `read_headers=False` skips the headers (file lists and configs only). `label` names the
+    model in messages (default: the reference as given).
     """
     ref = ref if isinstance(ref, ModelRef) else ModelRef.parse(str(ref))
     repo_id = ref.spec
+    label = label or str(ref)
     api = hub_api(token)
-    with hub_errors(repo_id, revision=ref.revision, token=token, what="reading its metadata"):
+    with hub_errors(repo_id, revision=ref.revision, token=token, what="reading its metadata",
+                    label=label):
         info = api.model_info(repo_id, revision=ref.revision)
         sha = info.sha
         files = [s.rfilename for s in info.siblings or []]
@@ -183,7 +187,7 @@ def inspect_hub(ref: ModelRef | str, *, token: str | None = None,
             path = hf_hub_download(repo_id, name, revision=sha, token=token)
             return _read_json(Path(path), f"{repo_id}: {name}")
 
-        manifest = ModelManifest(label=str(ref), kind=kind, files=files, repo_id=repo_id,
+        manifest = ModelManifest(label=label, kind=kind, files=files, repo_id=repo_id,
                                  revision=sha, config=load_json("config.json"),
                                  adapter_config=load_json("adapter_config.json"),
                                  model_index=load_json("model_index.json"), card=card)

@@ -66,8 +66,8 @@ def pull_model(ref: str | ModelRef, *, allow_pickle: bool = False, token: str | 
     with hub_errors(ref.spec, revision=ref.revision, token=token, what="resolving the revision"):
         resolved = api.resolve_revision(ref.spec, revision=ref.revision, token=token)
     sha = resolved.resolved
-    manifest = inspect_hub(ModelRef(ref.spec, sha), token=token, read_headers=False)
-    manifest.label = str(ref)
+    manifest = inspect_hub(ModelRef(ref.spec, sha), token=token, read_headers=False,
+                           label=str(ref))
     _check_weights(manifest, str(ref), allow_pickle)
     patterns = _patterns(manifest, allow_pickle, components)
     with hub_errors(ref.spec, revision=ref.revision, token=token, what="downloading"):
