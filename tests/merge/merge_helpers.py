@@ -1,4 +1,5 @@
-"""Shared helpers for the merge-engine tests: tiny safetensors model folders, a way to call
+"""Shared helpers for the merge-engine tests (imported by name; conftest.py re-exports the
+fixtures): tiny safetensors model folders, a way to call
 a registered method through its public API, and checks that a failed merge wrote nothing."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_nothing_written, load_folder, save_model
+from merge_helpers import assert_nothing_written, load_folder, save_model
 from mergezoo.cli import main
 from mergezoo.merge import list_methods, merge_models
 

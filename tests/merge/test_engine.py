@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import call_method, load_folder, perturb, save_model, toy_state
+from merge_helpers import call_method, load_folder, perturb, save_model, toy_state
 from merge_refs import flat, gta_entry, keep_magnitude, ref_gta, ref_linear, unflat
 from mergezoo.merge import LiNeS, merge_models, merge_sources, open_source
 from mergezoo.errors import RecipeError

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import call_method
+from merge_helpers import call_method
 from merge_refs import (
     flat,
     gta_entry,

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import load_folder
+from merge_helpers import load_folder
 from merge_refs import flat, keep_magnitude, ref_gta
 from mergezoo.merge import merge_models
 
