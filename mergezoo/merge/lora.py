@@ -119,7 +119,9 @@ class LoraSource:
         tensor = self._handle.get_tensor(source_key) if source_key else self.base.get(key)
         delta = self.delta(key)
         if delta is None:
-            return tensor
+            # A copy: the engine reads the base too, and the same safetensors handle may hand
+            # out tensors sharing memory, which in-place arithmetic would corrupt.
+            return tensor.clone() if source_key is None else tensor
         return (tensor.to(torch.float32) + delta).to(self.base.dtype(key))
 
     def _check_shape(self, key: str, layer: LoraLayer) -> None:

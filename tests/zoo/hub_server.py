@@ -898,6 +898,9 @@ def hub_environment(url: str, hf_home: str | Path, *, offline: bool = False) -> 
         (constants, "HF_ASSETS_CACHE"): os.path.join(hf_home, "assets"),
         (constants, "AGENT_HARNESSES_PATH"): os.path.join(hf_home, ".agent_harnesses.json"),
     }
+    from huggingface_hub import hf_api
+
+    patches[(hf_api.api, "endpoint")] = url  # the HfApi behind module-level helpers (file_exists)
     diffusers_constants = sys.modules.get("diffusers.utils.constants")
     if diffusers_constants is not None:
         patches[(diffusers_constants, "HUGGINGFACE_CO_RESOLVE_ENDPOINT")] = url
