@@ -514,7 +514,8 @@ def main(argv=None) -> int:
         floors = [one("floor", n, None) for _ in range(args.repeat)]
         floor_s = statistics.median(r["seconds"] for r in floors)
         floor_cpu = statistics.median(r["cpu_seconds"] for r in floors)
-        log(f"N={n}: floor {floor_s:.2f} s (runs: {[round(r['seconds'], 2) for r in floors]})")
+        log(f"N={n}: floor {floor_s:.2f} s, CPU {floor_cpu:.1f} s "
+            f"(runs: {[round(r['seconds'], 2) for r in floors]})")
         cache_notes += [r["resident_before"] for r in floors]
         f0 = floors[0]
         rows.append({"n": n, "method": "floor", "seconds": floor_s, "ratio": 1.0, "target": None,
@@ -556,8 +557,15 @@ def main(argv=None) -> int:
                    "anon_budget": out_shard + ANON_LARGEST_COPIES * (n + 1) * largest_fp32,
                    "out_shard": out_shard, "runs": runs}
             rows.append(row)
-            log(f"N={n} {method}: {secs:.2f} s ({row['ratio']:.2f}x floor), peak RSS "
-                f"{fmt_mb(row['peak_rss'])} MB, peak anon {fmt_mb(row['peak_anon'])} MB")
+            log(f"N={n} {method}: {secs:.2f} s ({row['ratio']:.2f}x floor), CPU "
+                f"{row['cpu_seconds']:.1f} s ({row['cpu_ratio']:.2f}x floor CPU), load "
+                f"{row['loadavg']:.1f}, peak RSS {fmt_mb(row['peak_rss'])} MB, peak anon "
+                f"{fmt_mb(row['peak_anon'])} MB")
+            if args.json:  # partial results, in case the run is cut short
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json + ".partial").write_text(json.dumps(
+                    {"model": {k: v for k, v in models.items() if k != "files"},
+                     "rows": rows}, indent=2) + "\n")
 
     known = [c for c in cache_notes if c is not None]
     if args.cold:
