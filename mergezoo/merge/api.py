@@ -54,13 +54,13 @@ def check_architectures(models: list[tuple[str, Path]]) -> None:
                                       + "\n  ".join(problems))
 
 
-def _validate_remote(refs: list[str], base: str | None) -> None:
-    """Check Hub experts' headers before downloading any weights (when the zoo supports it)."""
-    try:
-        from mergezoo.zoo.validate import validate_experts
-    except ImportError:
-        return
-    validate_experts(refs, base=base)
+def _validate_before_download(refs: list[str], base: str | None, component: str | None,
+                              allow_pickle: bool) -> None:
+    """Check every input's config and safetensors headers (Hub repos included) before any
+    weight is downloaded, so an impossible merge fails at once."""
+    from mergezoo.zoo.validate import validate_experts
+
+    validate_experts(refs, base=base, component=component, allow_pickle=allow_pickle)
 
 
 def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
@@ -85,7 +85,8 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
     # Check the method and its hyperparameters before touching any model (or the network).
     check_counts(spec, len(refs), base is not None)
     spec.resolve(params or {}, model_params or [], len(refs))
-    _validate_remote(refs, str(base) if base is not None else None)
+    _validate_before_download(refs, str(base) if base is not None else None, component,
+                              allow_pickle)
     resolved_base = resolve_model(base, allow_pickle=allow_pickle) if base is not None else None
     resolved = [resolve_model(r, allow_pickle=allow_pickle) for r in refs]
 

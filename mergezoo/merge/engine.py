@@ -154,9 +154,15 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
         plan[key] = (tuple(reference.shape(key)), out_dtype if (floating and out_dtype) else in_dtype)
 
     def load(key: str) -> list[torch.Tensor]:
+        """Runs on the reader thread. safetensors maps files into memory and returns views of
+        the mapping, so the disk is read when the bytes are first touched: copying here (into
+        the compute dtype, on CPU; into pinned memory, for CUDA) moves that reading off the
+        compute thread, and gives the engine tensors it owns and may change in place."""
         if not reference.dtype(key).is_floating_point:
             return [reference.get(key)]
-        return [src.get(key) for src in inputs]
+        if dev.type == "cpu":
+            return [src.get(key).to(dtype, copy=True) for src in inputs]
+        return [src.get(key).pin_memory() for src in inputs]
 
     def to_inputs(key: str, tensors: list[torch.Tensor]) -> MergeInputs:
         on_device = [t.to(dev, dtype=dtype, non_blocking=True) for t in tensors]
@@ -166,7 +172,7 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
         if spec.random:
             gen = torch.Generator(device=dev)
             gen.manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
-        return MergeInputs(key=key, base=b, models=ms, generator=gen)
+        return MergeInputs(key=key, base=b, models=ms, generator=gen, owned=True)
 
     float_keys = [k for k in keys if reference.dtype(k).is_floating_point]
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-read")
@@ -242,7 +248,10 @@ def _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines, state, o
         scale = lines.scale(positions[key]) if lines else 1.0
         merged = x.base + (merged * scale if scale != 1.0 else merged)
     merged = merged.to(out_dtype)
-    if not bool(torch.isfinite(merged).all()):
+    # One reduction finds any NaN or Inf (they poison the sum); only a non-finite sum, which
+    # can also come from overflow of finite values, pays for the exact element-wise check.
+    if not bool(torch.isfinite(merged.sum(dtype=torch.float32))) and \
+            not bool(torch.isfinite(merged).all()):
         culprit = _first_bad_input(key, labels, tensors)
         if culprit:
             raise BadTensorError(f"{culprit}: tensor '{key}' contains NaN or Inf values")

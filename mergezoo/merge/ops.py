@@ -122,26 +122,47 @@ def elect_sign(weighted_deltas: torch.Tensor, rule: str = "sum") -> torch.Tensor
     return torch.where(total >= 0, 1.0, -1.0).to(weighted_deltas.dtype)
 
 
+def _signed(delta: torch.Tensor, weight: float) -> torch.Tensor:
+    """sign(weight * delta), without materialising weight * delta."""
+    sign = delta.sign()
+    return sign.neg_() if weight < 0 else sign
+
+
 def combine(deltas: list[torch.Tensor], weights: list[float], *, sign_rule: str | None,
             normalize: bool, lambda_: float) -> torch.Tensor:
     """Weighted sum of (already sparsified) task vectors, as mergekit's generalized task
-    arithmetic: with `sign_rule`, only entries agreeing with the elected sign count; with
-    `normalize`, divide by the sum of the weights of the entries that count."""
-    stacked = torch.stack(deltas)
-    w = stack_weights(weights, stacked)
-    weighted = stacked * w
-    if sign_rule is not None:
-        agree = weighted.sign() == elect_sign(weighted, sign_rule)
-        mixed = (weighted * agree).sum(dim=0)
-        divisor = (w * agree).sum(dim=0)
-        divisor[divisor == 0] = 1
+    arithmetic: with `sign_rule`, only entries whose weighted value agrees with the elected
+    sign count; with `normalize`, divide by the sum of the weights of the entries that count.
+
+    Accumulates expert by expert instead of stacking: the same result with a fraction of the
+    memory traffic, which is what bounds a merge on CPU.
+    """
+    mixed = torch.zeros_like(deltas[0])
+    if sign_rule is None:
+        for d, w in zip(deltas, weights):
+            mixed.add_(d, alpha=w)
+        total = sum(weights)
+        if normalize and abs(total) >= 1e-8:
+            mixed.div_(total)
     else:
-        mixed = weighted.sum(dim=0)
-        divisor = w.sum(dim=0)
-        divisor = divisor if divisor.abs() >= 1e-8 else torch.ones_like(divisor)
-    if normalize:
-        mixed = mixed / divisor
-    return mixed * lambda_ if lambda_ != 1 else mixed
+        if sign_rule not in ("sum", "count"):
+            raise ValueError(f"unknown sign election rule {sign_rule!r}")
+        votes = torch.zeros_like(mixed)
+        for d, w in zip(deltas, weights):
+            votes.add_(d if sign_rule == "sum" else _signed(d, w), alpha=w if sign_rule == "sum" else 1)
+        majority = torch.where(votes >= 0, 1.0, -1.0).to(mixed.dtype)
+        del votes
+        divisor = torch.zeros_like(mixed)
+        for d, w in zip(deltas, weights):
+            if w == 0:
+                continue
+            agree = _signed(d, w) == majority
+            mixed.add_(d * agree, alpha=w)
+            divisor.add_(agree.to(mixed.dtype), alpha=w)
+        if normalize:
+            divisor[divisor == 0] = 1
+            mixed.div_(divisor)
+    return mixed.mul_(lambda_) if lambda_ != 1 else mixed
 
 
 def slerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor, *, dot_threshold: float = 0.9995,

@@ -73,6 +73,9 @@ class MergeInputs:
     models: list[torch.Tensor]
     generator: torch.Generator | None = None  # seeded per tensor, for random methods
     state: Any = None  # what the method's `prepare` pass returned
+    # The engine owns the tensors it passes, so task vectors may be computed in place over the
+    # models (saving a copy of every expert); `models` must not be read after `deltas` then.
+    owned: bool = False
     _deltas: list[torch.Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -81,7 +84,11 @@ class MergeInputs:
         if self._deltas is None:
             if self.base is None:
                 raise HyperparameterError(f"{self.key}: this method needs a base model")
-            self._deltas = [m - self.base for m in self.models]
+            if self.owned:
+                self._deltas = [m.sub_(self.base) for m in self.models]
+                self.models = []
+            else:
+                self._deltas = [m - self.base for m in self.models]
         return self._deltas
 
 
@@ -152,6 +159,7 @@ class MergeMethod:
     prepare: Callable | None = None  # a first pass over all tensors (global statistics)
     random: bool = False
     aliases: tuple[str, ...] = ()
+    check: Callable[[dict[str, Any]], None] | None = None  # raises ValueError on bad combinations
 
     @property
     def summary(self) -> str:
@@ -188,6 +196,11 @@ class MergeMethod:
                 kwargs[hp.arg] = values
             else:
                 kwargs[hp.arg] = hp.check(params.get(hp.name, hp.default), "parameters")
+        if self.check is not None:
+            try:
+                self.check(kwargs)
+            except ValueError as err:
+                raise HyperparameterError(f"method '{self.name}': {err}") from None
         return kwargs
 
 
@@ -223,7 +236,8 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
                  per_model: tuple[str, ...] = (), ranges: dict[str, Interval] | None = None,
                  returns: Literal["delta", "weights"] = "delta", prepare: Callable | None = None,
                  random: bool = False, aliases: tuple[str, ...] = (),
-                 helps: dict[str, str] | None = None) -> Callable:
+                 helps: dict[str, str] | None = None,
+                 check: Callable[[dict[str, Any]], None] | None = None) -> Callable:
     """Register a merge method. See the module docstring for an example."""
 
     def register(fn: Callable) -> Callable:
@@ -235,7 +249,7 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
                 raise ValueError(f"{name}: grid names unknown hyperparameter '{key}'")
         _REGISTRY[name] = MergeMethod(name=name, fn=fn, paper=paper, needs=needs, grid=grid,
                                       hyperparameters=hps, returns=returns, prepare=prepare,
-                                      random=random, aliases=aliases)
+                                      random=random, aliases=aliases, check=check)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn

@@ -97,7 +97,7 @@ class StateDictSource:
         return self._tensors[key].dtype
 
     def get(self, key: str) -> torch.Tensor:
-        return self._tensors[key]
+        return self._tensors[key].clone()  # the engine may work in place on what it gets
 
 
 def find_weight_files(folder: Path) -> tuple[str, list[Path], bool]:

@@ -200,13 +200,17 @@ def test_invalid_yaml_error_is_one_line(toy_zoo, capsys):
     assert_nothing_written(out)
 
 
-def test_BUG_incompatible_models_error_is_one_line(toy_zoo, capsys):
-    """The brief for the CLI: errors exit with status 2 and a ONE-LINE message. An
-    incompatible-models error (engine.check_compatible / zoo.validate) prints a header line
-    plus one indented line per problem."""
+def test_incompatible_models_error_lists_every_problem(toy_zoo, capsys):
+    """Incompatible experts get one error whose header line is followed by one indented line
+    per problem, so a user sees every problem at once (issue 3: one message, every problem)."""
     out = toy_zoo["root"] / "merged"
     status = cli("merge", *_shape_mismatch(toy_zoo), "--out", out)
-    assert_clean_error(capsys, status, "expert-shape", "lm_head.weight")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and "Traceback" not in err
+    assert lines[0].startswith("mergezoo merge: error:")
+    assert all(line.startswith(" ") for line in lines[1:]) and len(lines) >= 2
+    assert "expert-shape" in err and "lm_head.weight" in err
     assert_nothing_written(out)
 
 

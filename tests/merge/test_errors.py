@@ -353,7 +353,8 @@ def test_method_failure_inside_a_tensor_names_the_tensor(toy_zoo, monkeypatch):
 
 
 def test_missing_component_folder(toy_zoo):
-    check_refused(toy_zoo, RecipeError, "unet", component="unet")
+    message = check_refused(toy_zoo, IncompatibleModelsError, "unet", component="unet")
+    assert "base" in message
 
 
 def test_unknown_device(toy_zoo):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from mergezoo.merge.ops import stack_weights
 from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
+
+
+def _check(kwargs: dict) -> None:
+    weights = kwargs["weight"]
+    if kwargs["normalize"] and all(isinstance(w, (int, float)) for w in weights) \
+            and abs(sum(weights)) < 1e-8:
+        raise ValueError(f"the model weights {weights} sum to zero; cannot normalize "
+                         "(set normalize: false for a plain weighted sum)")
 
 
 @merge_method("average", paper="https://arxiv.org/abs/2203.05482",
               needs=Needs(base=False, min_models=1), returns="weights", per_model=("weight",),
-              ranges={"weight": Interval()}, grid={}, aliases=("linear", "model_soup"),
+              ranges={"weight": Interval()}, grid={}, aliases=("linear", "model_soup"), check=_check,
               helps={"weight": "relative weight of each model",
                      "normalize": "divide by the sum of the weights"})
 def average(x: MergeInputs, *, weight: list[float] = 1.0, normalize: bool = True) -> torch.Tensor:
@@ -18,11 +25,10 @@ def average(x: MergeInputs, *, weight: list[float] = 1.0, normalize: bool = True
 
     Same as mergekit's `linear`: with `normalize: false`, the plain weighted sum.
     """
-    stacked = torch.stack(x.models)
-    merged = (stacked * stack_weights(weight, stacked)).sum(dim=0)
-    if normalize:
-        total = sum(weight)
-        if abs(total) < 1e-8:
-            raise ValueError("the model weights sum to zero; cannot normalize")
-        merged = merged / total
-    return merged
+    total = sum(weight)
+    if normalize and abs(total) < 1e-8:
+        raise ValueError("the model weights sum to zero; cannot normalize")
+    merged = torch.zeros_like(x.models[0])
+    for model, w in zip(x.models, weight):  # accumulate: no stacked copy of every model
+        merged.add_(model, alpha=w)
+    return merged.div_(total) if normalize else merged

@@ -16,8 +16,8 @@ from mergezoo.merge.registry import MergeInputs, Needs, merge_method
 def model_stock(x: MergeInputs, *, filter_wise: bool = False) -> torch.Tensor:
     """With cos theta the mean pairwise cosine of the task vectors and N experts,
     t = N cos / (1 + (N - 1) cos), and theta = t * mean(theta_i) + (1 - t) * theta_0."""
-    n = len(x.models)
     deltas = x.deltas
+    n = len(deltas)
     if filter_wise and deltas[0].dim() > 1:
         rows = [d.reshape(d.shape[0], -1) for d in deltas]
     else:
@@ -31,5 +31,6 @@ def model_stock(x: MergeInputs, *, filter_wise: bool = False) -> torch.Tensor:
         t = t.view(-1, *([1] * (deltas[0].dim() - 1)))
     else:
         t = t.reshape(())
-    mean = torch.stack(x.models).mean(dim=0)
-    return t * mean + (1 - t) * x.base
+    # t * mean(theta_i) + (1 - t) * theta_0, written with task vectors only.
+    mean_delta = torch.stack(deltas).mean(dim=0)
+    return x.base + t * mean_delta

@@ -56,10 +56,16 @@ def spherical_mean(vectors: torch.Tensor, weights: torch.Tensor, *, iterations: 
     return mean * (weights * norms.squeeze(1)).sum()
 
 
+def _check_weights(kwargs: dict) -> None:
+    weights = kwargs["weight"]
+    if all(isinstance(w, (int, float)) for w in weights) and sum(weights) <= 0:
+        raise ValueError(f"the model weights {weights} must not all be zero")
+
+
 @merge_method("multislerp", paper="https://doi.org/10.1145/502122.502124",
               needs=Needs(base="optional", min_models=2), returns="weights", per_model=("weight",),
               ranges={"weight": Interval(0, float("inf"))}, grid={},
-              aliases=("multi_slerp",),
+              aliases=("multi_slerp",), check=_check_weights,
               helps={"weight": "relative weight of each model on the sphere"})
 def multislerp(x: MergeInputs, *, weight: list[float] = 1.0) -> torch.Tensor:
     """Weighted spherical mean of N models (of their task vectors when a base is given): the
@@ -67,8 +73,8 @@ def multislerp(x: MergeInputs, *, weight: list[float] = 1.0) -> torch.Tensor:
     total = sum(weight)
     if total <= 0:
         raise ValueError("multislerp weights must not all be zero")
-    w = torch.tensor([v / total for v in weight], dtype=x.models[0].dtype, device=x.models[0].device)
     vectors = x.deltas if x.base is not None else x.models
+    w = torch.tensor([v / total for v in weight], dtype=vectors[0].dtype, device=vectors[0].device)
     flat = torch.stack([v.reshape(-1) for v in vectors])
-    merged = spherical_mean(flat, w).view_as(x.models[0])
+    merged = spherical_mean(flat, w).view_as(vectors[0])
     return merged + x.base if x.base is not None else merged

@@ -20,10 +20,17 @@ def _prepare(stream, kwargs):
     return magnitude_thresholds(stream, kwargs["density"])
 
 
+def _check(kwargs: dict) -> None:
+    if kwargs["trim_scope"] == "model" and not all(isinstance(d, (int, float))
+                                                   for d in kwargs["density"]):
+        raise ValueError("trim_scope: model takes one density per model, not per-layer values "
+                         "(use trim_scope: tensor for per-layer densities)")
+
+
 @merge_method("ties", paper="https://arxiv.org/abs/2306.01708", needs=Needs(base=True),
               per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
               grid={"density": [0.1, 0.2, 0.3], "lambda": [0.8, 1.0, 1.2, 1.5, 2.0]},
-              prepare=_prepare,
+              prepare=_prepare, check=_check,
               helps={"density": "fraction of each task vector kept, by magnitude",
                      "trim_scope": "trim per tensor (mergekit) or over the whole model (paper)",
                      "sign_rule": "elect the sign by total mass (sum) or by count"})
