@@ -222,6 +222,8 @@ def _candidate_prefixes(keys: list[str], component: str | None) -> list[str]:
 
 
 def _map_with_prefix(keys, shapes, alphas, config, base_keys, prefix):
+    if prefix and any(str(k).startswith(prefix) for k in config):  # diffusers packs per component
+        config = {k[len(prefix):]: v for k, v in config.items() if str(k).startswith(prefix)}
     layers: dict[str, LoraLayer] = {}
     replacements: dict[str, str] = {}
     unknown: list[str] = []

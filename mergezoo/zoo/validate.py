@@ -113,7 +113,7 @@ def check_compatibility(experts: list[ModelManifest], base: ModelManifest | None
                         component: str | None = None) -> list[str]:
     """Every problem that stops merging `experts` (onto `base`), as human-readable lines."""
     problems: list[str] = []
-    full = [m for m in experts if m.kind != "lora"]
+    full = [m for m in experts if m.kind not in ("lora", "diffusers-lora")]
     reference = base if base is not None else (full[0] if full else None)
     if base is not None and base.kind == "lora":
         problems.append(f"{base.label}: is a LoRA adapter; the base must be a full model")
@@ -124,6 +124,10 @@ def check_compatibility(experts: list[ModelManifest], base: ModelManifest | None
             continue
         if expert.kind == "lora":
             problems += _check_lora(expert, reference)
+        elif expert.kind == "diffusers-lora":
+            if reference is not None and reference.kind != "diffusers":
+                problems.append(f"{expert.label}: a diffusers LoRA file, but {reference.label} is "
+                                f"a {reference.kind} model, not a diffusers pipeline")
         elif reference is not None:
             problems += _check_full(expert, reference, component)
     return problems

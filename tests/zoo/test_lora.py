@@ -163,3 +163,63 @@ def test_extract_lora_reports_errors_and_loads_in_peft(tmp_path, tiny):
     assert 0.5 < report.mean_error < 1.0 and len(report.errors) == 16
     assert "model.norm.weight" in report.skipped
     assert all(0 < e < 1 for e in report.errors.values())
+
+
+def _unet_with_lora(tiny, r: int, alpha: int):
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    unet = UNet2DConditionModel.from_pretrained(tiny.pipeline_base / "unet")
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    unet.add_adapter(config)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return unet, config
+
+
+def _peft_unet_weights(unet) -> dict[str, torch.Tensor]:
+    """Each LoRA layer's merged weight, as peft computes it (base + get_delta_weight)."""
+    from peft.tuners.lora import LoraLayer
+
+    return {f"{name}.weight": (m.base_layer.weight + m.get_delta_weight("default")).detach()
+            for name, m in unet.named_modules() if isinstance(m, LoraLayer)}
+
+
+@pytest.mark.parametrize("layout", ["peft", "old-diffusers", "kohya"])
+def test_diffusers_lora_files_on_a_unet(tmp_path, tiny, layout):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    r, alpha = (2, 4) if layout != "old-diffusers" else (2, 2)  # old files carry no alpha
+    unet, config = _unet_with_lora(tiny, r, alpha)
+    state = get_peft_model_state_dict(unet)
+    folder = tmp_path / layout
+    if layout == "peft":
+        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state,
+                                                  unet_lora_adapter_metadata=config.to_dict())
+    elif layout == "old-diffusers":
+        StableDiffusionPipeline.save_lora_weights(
+            folder, unet_lora_layers=convert_state_dict_to_diffusers(state))
+    else:
+        kohya = {}
+        for key, value in state.items():
+            module, part = key.rsplit(".lora_", 1)
+            name = "lora_unet_" + module.replace(".", "_")
+            kohya[f"{name}.lora_{'down' if part.startswith('A') else 'up'}.weight"] = value
+            kohya[f"{name}.alpha"] = torch.tensor(float(alpha))
+        folder.mkdir()
+        save_file({k: v.contiguous() for k, v in kohya.items()},
+                  str(folder / "pytorch_lora_weights.safetensors"))
+    base = open_source(tiny.pipeline_base / "unet", "base unet")
+    source = open_lora_source(folder, f"{layout} lora", base)
+    expected = _peft_unet_weights(unet)
+    assert set(source.layers) == set(expected) and len(expected) == 32
+    for key, weight in expected.items():
+        assert torch.allclose(source.get(key), weight, atol=1e-6), key
+    untouched = "conv_in.weight"
+    assert torch.equal(source.get(untouched), base.get(untouched))

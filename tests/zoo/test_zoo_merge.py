@@ -124,3 +124,21 @@ def test_diffusers_pipelines_are_validated_per_component(hub, tiny, tmp_path):
     message = str(info.value)
     assert "org/odd: unet is a UNet2DModel, but org/pipe-base's is a UNet2DConditionModel" in message
     assert "org/llama: is a full model, but org/pipe-base is a diffusers model" in message
+
+
+def test_diffusers_lora_file_is_checked_against_the_base_kind(hub, tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    from mergezoo.zoo.validate import validate_experts
+
+    folder = tmp_path / "unet-lora"
+    folder.mkdir()
+    save_file({"unet.conv_in.lora_A.weight": torch.zeros(2, 4, 3, 3)},
+              str(folder / "pytorch_lora_weights.safetensors"))
+    hub.state.add_repo("org/unet-lora", folder)
+    hub.state.add_repo("org/pipe-base", tiny.pipeline_base)
+    hub.state.add_repo("org/llama", tiny.llama_base)
+    validate_experts(["org/unet-lora"], base="org/pipe-base")
+    with pytest.raises(IncompatibleModelsError, match="org/unet-lora: a diffusers LoRA file, but "
+                                                      "org/llama is a full model"):
+        validate_experts(["org/unet-lora"], base="org/llama")
