@@ -16,23 +16,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from mergezoo.merge.ops import kept_count
+from mergezoo.merge.ops import BUCKETS, bucket_of_kth, kept_count, magnitude_bits
 from mergezoo.merge.registry import MergeInputs
-
-_BUCKETS = 1 << 16
-
-
-def _bits(delta: torch.Tensor) -> torch.Tensor:
-    return delta.abs().float().reshape(-1).view(torch.int32)
-
-
-def _select(hist: torch.Tensor, k: int) -> tuple[int, int]:
-    """Bucket holding the k-th largest value, and its rank (1-based, from the top) inside it."""
-    from_top = hist.flip(0).cumsum(0)
-    idx = int(torch.searchsorted(from_top, torch.tensor(k, dtype=from_top.dtype)))
-    bucket = hist.numel() - 1 - idx
-    above = int(from_top[idx] - hist[bucket])
-    return bucket, k - above
 
 
 def magnitude_thresholds(stream: Callable[[], Iterable[MergeInputs]],
@@ -40,23 +25,23 @@ def magnitude_thresholds(stream: Callable[[], Iterable[MergeInputs]],
     """Per expert, the magnitude of its k-th largest task-vector entry over the whole model,
     k = int(density * number of entries). `stream()` yields every mergeable tensor once."""
     n = len(density)
-    high = [torch.zeros(_BUCKETS, dtype=torch.int64) for _ in range(n)]
+    high = [torch.zeros(BUCKETS, dtype=torch.int64) for _ in range(n)]
     total = 0
     for x in stream():
         total += x.models[0].numel()
         for i, d in enumerate(x.deltas):
-            high[i] += torch.bincount(_bits(d) >> 16, minlength=_BUCKETS).cpu()
-    picks = [_select(h, kept_count(total, rho)) for h, rho in zip(high, density)]
-    low = [torch.zeros(_BUCKETS, dtype=torch.int64) for _ in range(n)]
+            high[i] += torch.bincount(magnitude_bits(d) >> 16, minlength=BUCKETS).cpu()
+    picks = [bucket_of_kth(h, kept_count(total, rho)) for h, rho in zip(high, density)]
+    low = [torch.zeros(BUCKETS, dtype=torch.int64) for _ in range(n)]
     for x in stream():
         for i, d in enumerate(x.deltas):
-            bits = _bits(d)
+            bits = magnitude_bits(d)
             inside = bits[(bits >> 16) == picks[i][0]] & 0xFFFF
             if inside.numel():
-                low[i] += torch.bincount(inside, minlength=_BUCKETS).cpu()
+                low[i] += torch.bincount(inside, minlength=BUCKETS).cpu()
     thresholds = []
     for (bucket, rank), h in zip(picks, low):
-        low_bits, _ = _select(h, rank)
+        low_bits, _ = bucket_of_kth(h, rank)
         pattern = torch.tensor([(bucket << 16) | low_bits], dtype=torch.int64).to(torch.int32)
         thresholds.append(float(pattern.view(torch.float32)))
     return thresholds

@@ -20,47 +20,49 @@ def stack_weights(weights: list[float], like: torch.Tensor) -> torch.Tensor:
     return w.view(-1, *([1] * (like.dim() - 1)))
 
 
-def kth_largest(flat: torch.Tensor, k: int, sample: int = 65536) -> torch.Tensor:
-    """The k-th largest entry of a 1-D tensor, exactly.
+BUCKETS = 1 << 16
 
-    A full selection over tens of millions of entries is slow on CPU, so the threshold is first
-    bracketed with a strided sample, and the exact selection runs only on the entries inside the
-    bracket; when the bracket misses (unlucky sample), it falls back to the full selection.
-    """
-    n = flat.numel()
-    if n <= 4 * sample:
-        return torch.kthvalue(flat, n - k + 1).values
-    strided = flat[:: n // sample]
-    m = strided.numel()
-    rank = k / n * m
-    margin = int(4 * (rank * (1 - k / n)) ** 0.5) + 16
-    ordered = torch.sort(strided, descending=True).values
-    high = ordered[max(0, int(rank) - margin)]
-    low = ordered[min(m - 1, int(rank) + margin)]
-    above = int(torch.count_nonzero(flat > high))
-    if above < k:
-        inside = flat[(flat >= low) & (flat <= high)]
-        need = k - above
-        if need <= inside.numel():
-            return torch.kthvalue(inside, inside.numel() - need + 1).values
-    return torch.kthvalue(flat, n - k + 1).values
+
+def bucket_of_kth(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """Given a histogram over ordered buckets, the bucket holding the k-th largest value and
+    that value's rank (1-based, from the top) inside the bucket."""
+    from_top = hist.flip(0).cumsum(0)
+    idx = int(torch.searchsorted(from_top, torch.tensor(k, dtype=from_top.dtype)))
+    bucket = hist.numel() - 1 - idx
+    return bucket, k - int(from_top[idx] - hist[bucket])
+
+
+def magnitude_bits(values: torch.Tensor) -> torch.Tensor:
+    """|values| as float32 bit patterns (int32), which order exactly like the magnitudes."""
+    return values.abs().float().reshape(-1).view(torch.int32)
+
+
+def kth_largest_bits(bits: torch.Tensor, k: int) -> int:
+    """The k-th largest of non-negative float32 bit patterns, exactly, by radix selection:
+    a histogram of the high 16 bits finds the bucket, one of the low 16 bits inside it finds
+    the value. Two counting passes, no sort: O(n), and fast on CPU."""
+    high = bits >> 16
+    bucket, rank = bucket_of_kth(torch.bincount(high, minlength=BUCKETS), k)
+    inside = bits[high == bucket] & 0xFFFF
+    low, _ = bucket_of_kth(torch.bincount(inside, minlength=BUCKETS), rank)
+    return (bucket << 16) | low
 
 
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of exactly the `k` largest entries of `values` (ties broken by position)."""
+    """Boolean mask of exactly the `k` largest magnitudes of `values` (ties broken by position)."""
     n = values.numel()
     if k >= n:
         return torch.ones_like(values, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(values, dtype=torch.bool)
-    flat = values.reshape(-1)
-    threshold = kth_largest(flat, k)
-    mask = flat > threshold
+    bits = magnitude_bits(values)
+    threshold = kth_largest_bits(bits, k)
+    mask = bits > threshold
     missing = k - int(torch.count_nonzero(mask))
     if missing > 0:  # several entries equal the threshold: keep the first ones
-        tied = torch.nonzero(flat == threshold).squeeze(1)[:missing]
+        tied = torch.nonzero(bits == threshold).squeeze(1)[:missing]
         mask[tied] = True
-    return mask.view_as(values)
+    return mask.view(values.shape)
 
 
 def kept_count(numel: int, density: float) -> int:
@@ -68,17 +70,20 @@ def kept_count(numel: int, density: float) -> int:
     return max(1, int(density * numel))
 
 
-def trim_by_magnitude(delta: torch.Tensor, density: float,
-                      threshold: float | None = None) -> torch.Tensor:
+def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | None = None,
+                      *, owned: bool = False) -> torch.Tensor:
     """Keep the top-`density` fraction of `delta` by magnitude, zero the rest.
 
     With `threshold` (from a whole-model pass), keep every entry with |delta| >= threshold.
+    With `owned`, `delta` is trimmed in place.
     """
     if threshold is not None:
-        return delta * (delta.abs() >= threshold)
+        return delta.masked_fill_(delta.abs() < threshold, 0) if owned else \
+            delta * (delta.abs() >= threshold)
     if density >= 1:
         return delta
-    return delta * top_k_mask(delta.abs(), kept_count(delta.numel(), density))
+    keep = top_k_mask(delta, kept_count(delta.numel(), density))
+    return delta.masked_fill_(~keep, 0) if owned else delta * keep
 
 
 def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator | None,
@@ -101,11 +106,12 @@ def drop_outliers_and_small(delta: torch.Tensor, density: float, gamma: float) -
     n_top = int(gamma * n)
     if n - n_keep - n_top < 0:  # not enough entries: drop fewer outliers
         n_top = n - n_keep
-    magnitude = delta.abs()
-    below_top = ~top_k_mask(magnitude, n_top)
+    below_top = ~top_k_mask(delta, n_top)
     # Among the entries left after removing the outliers, keep the n_keep largest.
-    keep = top_k_mask(torch.where(below_top, magnitude, torch.full_like(magnitude, -1.0)), n_keep)
-    return delta * keep
+    keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
+    candidates = torch.nonzero(below_top.reshape(-1)).squeeze(1)
+    keep[candidates[top_k_mask(delta.reshape(-1)[candidates], n_keep)]] = True
+    return delta * keep.view(delta.shape)
 
 
 def elect_sign(weighted_deltas: torch.Tensor, rule: str = "sum") -> torch.Tensor:
