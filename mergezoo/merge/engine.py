@@ -145,7 +145,9 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     dev = pick_device(device)
     keys = reference.keys()
     positions = layer_positions(keys)
-    inputs = ([base] if base is not None else []) + list(models)
+    # The base is read only by methods that use it (average uses it as a template at most).
+    use_base = base is not None and bool(spec.needs.base)
+    inputs = ([base] if use_base else []) + list(models)
     labels = [s.label for s in inputs]
     plan = {}
     for key in keys:
@@ -166,8 +168,8 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
 
     def to_inputs(key: str, tensors: list[torch.Tensor]) -> MergeInputs:
         on_device = [t.to(dev, dtype=dtype, non_blocking=True) for t in tensors]
-        b = on_device[0] if base is not None else None
-        ms = on_device[1:] if base is not None else on_device
+        b = on_device[0] if use_base else None
+        ms = on_device[1:] if use_base else on_device
         gen = None
         if spec.random:
             gen = torch.Generator(device=dev)
@@ -206,7 +208,7 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                 n_params = 0
                 for key, tensors in prefetched(keys):
                     merged = _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines,
-                                        state, plan[key][1], labels, base is not None)
+                                        state, plan[key][1], labels)
                     n_params += merged.numel()
                     if last_write is not None:
                         last_write.result()
@@ -233,7 +235,7 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
 
 
 def _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines, state, out_dtype,
-               labels, has_base) -> torch.Tensor:
+               labels) -> torch.Tensor:
     if not tensors[0].is_floating_point():  # integer buffers are copied from the reference
         return tensors[0]
     x = to_inputs(key, tensors)
