@@ -284,7 +284,9 @@ def child_main(spec: dict) -> None:
         for handles in inputs:  # base first, then the experts
             for h in handles:
                 for key in h.keys():
-                    t = h.get_tensor(key)
+                    # safetensors >= 0.6 returns views of the memory-mapped file: clone() is
+                    # what reads the bytes, as the engine must read them.
+                    t = h.get_tensor(key).clone()
                     if handles is inputs[0]:
                         out[key] = t  # the output has the size of one model
                     del t
