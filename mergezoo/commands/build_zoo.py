@@ -12,7 +12,7 @@ import json
 
 from mergezoo.eval.benchmarks.spec import SIZES
 
-COLUMNS = ("base", "own_expert", "multitask", "oracle", "experts_average")
+COLUMNS = ("base", "own_expert", "best_expert", "multitask", "oracle", "experts_average")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build, deterministically, a built-in benchmark's local zoo: data, pretrained "
         "base, experts (3 seeds) on held-in cells, multitask model, an oracle per held-out cell. "
         "Reuses the cached zoo when the definition is unchanged. Prints the test score of the "
-        "base, the cell's own expert (mean over seeds), the multitask model, the oracle and a "
-        "plain average of the experts on every cell.")
+        "base, the cell's own expert (mean over seeds), the best expert, the multitask model, "
+        "the oracle and a plain average of the experts on every cell.")
     p.add_argument("benchmark", help="a built-in benchmark (see `mergezoo benchmarks`)")
     p.add_argument("--size", choices=SIZES, default="default",
                    help="tiny: under a minute, for tests; default: a few minutes (default)")
@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     for row in sanity["cells"]:
         vals = [_fmt(row["base"]), _fmt(row["own_expert"], row["own_expert_std"]),
-                _fmt(row["multitask"]), _fmt(row["oracle"]), _fmt(row["experts_average"])]
+                _fmt(row["best_expert"]), _fmt(row["multitask"]), _fmt(row["oracle"]),
+                _fmt(row["experts_average"])]
         print(f"{row['cell']:<{width}}  {'in ' if row['held_in'] else 'out'}    "
               + "  ".join(f"{v:>15}" for v in vals))
     for group, values in sanity["summary"].items():

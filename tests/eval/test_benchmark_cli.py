@@ -18,8 +18,11 @@ def test_build_zoo_json_schema(digits_tiny, capsys):
     for row in out["cells"]:
         assert isinstance(row["held_in"], bool)
         assert 0.0 <= row["base"] <= 1.0 and 0.0 <= row["multitask"] <= 1.0
+        assert set(row["experts"]) == {c.name for c in bench.held_in_cells}
+        assert row["best_expert"] == max(row["experts"].values())
         if row["held_in"]:
             assert 0.0 <= row["own_expert"] <= 1.0 and row["oracle"] is None
+            assert row["experts"][row["cell"]] == row["own_expert"]
         else:
             assert row["own_expert"] is None and 0.0 <= row["oracle"] <= 1.0
     assert set(out["summary"]) == {"held_in", "held_out"}

@@ -63,7 +63,8 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
                    split: str = "test") -> dict[str, Any]:
     """Score the zoo's models (`models`: manifest entries, folders under `root`) on `split`.
 
-    Per cell: base, own_expert (mean over seeds) and own_expert_std, multitask (mean over its
+    Per cell: base, own_expert (mean over seeds) and own_expert_std, experts (each held-in
+    cell's expert, mean over seeds), best_expert (the best of those), multitask (mean over its
     seeds), oracle (held-out cells), experts_average (for each seed, a plain state-dict average
     of that seed's experts, scored on every cell; mean over seeds). Plus held-in / held-out means.
     """
@@ -76,10 +77,11 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
         raise BenchmarkError(f"{benchmark.name}: the zoo has no base model")
     base = benchmark.evaluate(bases[0][1], split)
     multitask_runs = [benchmark.evaluate(p, split) for _, p in paths("multitask")]
-    own: dict[str, list[float]] = {}
+    # every expert (all seeds) on every cell: own expert, best expert, the full matrix
+    by_expert: dict[str, list[dict[str, float]]] = {}
     for cell in benchmark.held_in_cells:
-        own[cell.name] = [benchmark.evaluate(p, split, cells=[cell.name])[cell.name]
-                          for _, p in paths("expert", cell.name)]
+        by_expert[cell.name] = [benchmark.evaluate(p, split) for _, p in paths("expert", cell.name)]
+    own = {c: [run[c] for run in runs] for c, runs in by_expert.items()}
     oracle: dict[str, float] = {}
     for cell in benchmark.held_out_cells:
         found = paths("oracle", cell.name)
@@ -96,10 +98,13 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
     rows = []
     for cell in benchmark.cells:
         runs = own.get(cell.name, [])
+        expert_means = [_mean([r[cell.name] for r in rs]) for rs in by_expert.values() if rs]
         rows.append({
             "cell": cell.name, "held_in": cell.held_in, "base": round(base[cell.name], 4),
             "own_expert": _mean(runs),
             "own_expert_std": round(statistics.pstdev(runs), 4) if len(runs) > 1 else None,
+            "experts": {e: _mean([r[cell.name] for r in rs]) for e, rs in by_expert.items() if rs},
+            "best_expert": max(expert_means) if expert_means else None,
             "multitask": _mean([r[cell.name] for r in multitask_runs]),
             "oracle": round(oracle[cell.name], 4) if cell.name in oracle else None,
             "experts_average": _mean([a[cell.name] for a in averages]),
@@ -108,6 +113,7 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
     for group, held in (("held_in", True), ("held_out", False)):
         sel = [r for r in rows if r["held_in"] is held]
         summary[group] = {k: _mean([r[k] for r in sel if r[k] is not None])
-                          for k in ("base", "own_expert", "multitask", "oracle", "experts_average")}
+                          for k in ("base", "own_expert", "best_expert", "multitask", "oracle",
+                                    "experts_average")}
     return {"benchmark": benchmark.name, "size": benchmark.size, "split": split,
             "expert_seeds": seeds, "cells": rows, "summary": summary}
