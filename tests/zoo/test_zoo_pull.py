@@ -77,6 +77,9 @@ def test_offline_mode_works_from_the_cache(hub, tiny, offline):
     again = pull_model(ids["expert0"])
     assert (again.path, again.revision) == (online.path, online.revision)
     assert resolve_model(ids["expert0"]).revision == online.revision
+    from mergezoo.zoo.validate import validate_experts
+
+    validate_experts([ids["expert0"]], base=str(tiny.llama_base))  # headers from the cache
     assert len(hub.state.requests) == n_requests  # not one request while offline
     with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE is set"):
         pull_model(ids["expert1"])
