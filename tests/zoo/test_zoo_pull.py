@@ -140,3 +140,23 @@ def test_cli_pull_prints_shas_and_validates_with_base(hub, tiny, capsys):
     assert not any(f.endswith(".safetensors") and "bert" in r.path
                    for r in hub.state.resolve_requests("GET") if not r.range
                    for f in [r.filename])  # refused before downloading the bert weights
+
+
+def test_sharded_checkpoints_are_validated_and_pulled(hub, tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from mergezoo.zoo.validate import validate_experts
+
+    ids = seed_llama_zoo(hub.state, tiny)
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny.llama_experts[0]).save_pretrained(
+        sharded, max_shard_size="100KB")
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").is_file()
+    hub.state.add_repo("org/sharded", sharded)
+    validate_experts(["org/sharded"], base=ids["base"])
+    header_reads = {r.filename for r in hub.state.resolve_requests("GET") if r.range}
+    assert set(shards) <= header_reads
+    assert not any(f.startswith("model-") for f in hub.state.full_downloads())
+    pulled = pull_model("org/sharded")
+    assert sorted(p.name for p in pulled.path.glob("model-*.safetensors")) == shards
