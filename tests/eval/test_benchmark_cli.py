@@ -71,3 +71,25 @@ def test_merged_experts_score_through_evaluate(digits_tiny, tmp_path):
     own = bench.average_models(experts, tmp_path / "plain")
     assert bench.evaluate(own, split="test") == merged
     assert set(merged) == set(rows)
+
+
+def test_zoo_search_finds_the_toy_experts_and_merge_scores(digits_tiny, tmp_path):
+    """The offline path of the design: search the local zoo by tag -> merge -> evaluate."""
+    from mergezoo.merge import merge_models
+    from mergezoo.zoo.local_zoo import list_zoo
+    from mergezoo.zoo.search import find_experts, search_zoo
+
+    bench, zoo = digits_tiny
+    listed = {e.repo_id for e in list_zoo(zoo.root)}
+    assert listed == {m.name for m in zoo.models()}  # the dataset repo is not taken for a model
+    hits = search_zoo(zoo.root, ["mergezoo-bench:digits-domains", "cell:group2-noisy"])
+    assert sorted(h.repo_id for h in hits) == [
+        f"digits-domains-expert-group2-noisy-seed{k}" for k in range(3)]
+    assert {h.base_model for h in hits} == {"digits-domains-base"}
+    experts = find_experts(["role:expert", "seed:0"], base="digits-domains-base", zoo=zoo.root)
+    assert len(experts) == len(bench.held_in_cells)
+    merge_models("task_arithmetic", experts, base=zoo.model_path("base"), out_dir=tmp_path / "ta",
+                 params={"lambda": 0.3}, progress=False)
+    scores = bench.evaluate(tmp_path / "ta", split="validation",
+                            cells=[c.name for c in bench.held_in_cells])
+    assert len(scores) == 5 and all(0.0 <= v <= 1.0 for v in scores.values())

@@ -194,3 +194,14 @@ def test_sanity_json_is_what_build_zoo_json_prints(digits_tiny, capsys):
     assert main(["build-zoo", "digits-domains", "--size", "tiny", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["cells"] == zoo.sanity["cells"]
+
+
+def test_summarize_means_over_held_in_and_held_out(digits_tiny):
+    bench, zoo = digits_tiny
+    scores = bench.evaluate(zoo.model_path("base"), split="test")
+    summary = bench.summarize(scores)
+    assert summary["held_in"] == pytest.approx(zoo.sanity["summary"]["held_in"]["base"], abs=1e-3)
+    assert summary["held_out"] == pytest.approx(zoo.sanity["summary"]["held_out"]["base"], abs=1e-3)
+    assert bench.summarize({"group0-inverted": 0.5}) == {"held_in": 0.5, "held_out": None}
+    with pytest.raises(BenchmarkError, match="group7-plain"):
+        bench.summarize({"group7-plain": 1.0})

@@ -169,6 +169,23 @@ class Benchmark(ABC):
             model = self.load_model(path)
             return {c.name: float(self.score(model, self.dataset(c, split), c)) for c in wanted}
 
+    def summarize(self, scores: dict[str, float]) -> dict[str, float | None]:
+        """Mean score over the held-in and the held-out cells present in `scores` (the
+        `held_in` / `held_out` fields of a results.json row); None where no such cell was scored.
+
+        Example:
+            >>> bench.summarize(bench.evaluate("merged/"))                # doctest: +SKIP
+            {'held_in': 0.91, 'held_out': 0.62}
+        """
+        unknown = set(scores) - {c.name for c in self.cells}
+        if unknown:
+            raise BenchmarkError(f"{self.name}: scores for unknown cells {sorted(unknown)}")
+        out: dict[str, float | None] = {}
+        for key, cells in (("held_in", self.held_in_cells), ("held_out", self.held_out_cells)):
+            vals = [scores[c.name] for c in cells if c.name in scores]
+            out[key] = sum(vals) / len(vals) if vals else None
+        return out
+
     # -- sanity -----------------------------------------------------------------------------
     def average_models(self, model_dirs: Sequence[Path], out_dir: Path) -> Path | None:
         """A plain state-dict average of `model_dirs` (same architecture) saved in `out_dir`,
