@@ -143,16 +143,24 @@ def test_cli_pull_prints_shas_and_validates_with_base(hub, tiny, capsys):
 
 
 def test_sharded_checkpoints_are_validated_and_pulled(hub, tiny, tmp_path):
-    from transformers import AutoModelForCausalLM
+    import shutil
+
+    from safetensors.torch import load_file, save_file
 
     from mergezoo.zoo.validate import validate_experts
 
     ids = seed_llama_zoo(hub.state, tiny)
-    sharded = tmp_path / "sharded"
-    AutoModelForCausalLM.from_pretrained(tiny.llama_experts[0]).save_pretrained(
-        sharded, max_shard_size="100KB")
-    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
-    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").is_file()
+    sharded = tmp_path / "sharded"  # the layout save_pretrained writes for big models
+    shutil.copytree(tiny.llama_experts[0], sharded)
+    state = load_file(str(sharded / "model.safetensors"))
+    (sharded / "model.safetensors").unlink()
+    keys = sorted(state)
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    halves = [keys[: len(keys) // 2], keys[len(keys) // 2:]]
+    for name, part in zip(shards, halves):
+        save_file({k: state[k] for k in part}, str(sharded / name), metadata={"format": "pt"})
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: n for n, part in zip(shards, halves) for k in part}}))
     hub.state.add_repo("org/sharded", sharded)
     validate_experts(["org/sharded"], base=ids["base"])
     header_reads = {r.filename for r in hub.state.resolve_requests("GET") if r.range}
