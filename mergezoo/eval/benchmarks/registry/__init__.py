@@ -11,8 +11,8 @@ Register a benchmark class (constructed as `cls(size=...)`) with the decorator, 
     @register_benchmark("my-bench")
     class MyBench(Benchmark): ...
 
-Built-in modules are imported on first use (listed in BUILTIN_MODULES; a module that is not
-written yet is skipped). A name that ends in .yaml/.yml, or names a file, is loaded as a YAML
+Built-in modules are imported on first use (BUILTIN_MODULES maps names to modules; a module
+that is not written yet is skipped; `get_benchmark(name)` imports only that benchmark's module). A name that ends in .yaml/.yml, or names a file, is loaded as a YAML
 definition (`mergezoo.eval.benchmarks.hub.HubBenchmark`); so is the name of a definition shipped
 in `mergezoo/eval/benchmarks/definitions/`.
 """
@@ -32,11 +32,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODULES = (
-    "mergezoo.eval.benchmarks.digits_domains",
-    "mergezoo.eval.benchmarks.text_styles",
-    "mergezoo.eval.benchmarks.digits_diffusion",
-)
+# name -> module; `get_benchmark(name)` imports only that module, `list_benchmarks()` all.
+BUILTIN_MODULES = {
+    "digits-domains": "mergezoo.eval.benchmarks.digits_domains",
+    "text-styles": "mergezoo.eval.benchmarks.text_styles",
+    "digits-diffusion": "mergezoo.eval.benchmarks.digits_diffusion",
+}
 DEFINITIONS_DIR = Path(__file__).resolve().parent.parent / "definitions"
 
 _REGISTRY: dict[str, type] = {}
@@ -56,18 +57,22 @@ def register_benchmark(name: str) -> Callable[[T], T]:
     return deco
 
 
+def _import(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        log.debug("built-in benchmark module %s is not there yet", module)
+
+
 def _load_builtins() -> None:
     global _loaded
     if _loaded:
         return
+    for module in BUILTIN_MODULES.values():
+        _import(module)
     _loaded = True
-    for module in BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            log.debug("built-in benchmark module %s is not there yet", module)
 
 
 def list_benchmarks() -> list[str]:
@@ -85,7 +90,10 @@ def get_benchmark(name: str, size: str = "default") -> Benchmark:
     """A registered benchmark at `size`, or a YAML definition (path or shipped name)."""
     if size not in SIZES:
         raise BenchmarkDefinitionError(f"size {size!r} is not one of {SIZES}")
-    _load_builtins()
+    if name in BUILTIN_MODULES:
+        _import(BUILTIN_MODULES[name])
+    else:
+        _load_builtins()
     if name in _REGISTRY:
         return _REGISTRY[name](size=size)
     path = Path(name).expanduser()
