@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="LiNeS: scale layer l's merged task vector by alpha + beta * l/(L-1)")
     p.add_argument("--component", help="diffusers pipelines: the sub-folder to merge (e.g. unet)")
     p.add_argument("--seed", type=int, help="seed of random methods (DARE)")
+    p.add_argument("--output", choices=["full", "lora"],
+                   help="write the merged full model (default), or a LoRA of the merged delta")
+    p.add_argument("--rank", type=int, help="LoRA rank for --output lora (truncated SVD)")
     p.add_argument("--shard-size", default="2GB", help="largest output shard (default 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--allow-pickle", action="store_true",
@@ -72,7 +75,7 @@ def build_recipe(args: argparse.Namespace) -> MergeRecipe:
     params = _parse_sets(args.set)
     data["parameters"] = {**data.get("parameters", {}), **params}
     for flag, field in (("dtype", "dtype"), ("out_dtype", "out_dtype"), ("component", "component"),
-                        ("seed", "seed")):
+                        ("seed", "seed"), ("output", "output"), ("rank", "rank")):
         if getattr(args, flag) is not None:
             data[field] = getattr(args, flag)
     if args.lines:
@@ -89,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     result = run_recipe(recipe, out_dir=args.out, device=args.device, overwrite=args.overwrite,
                         progress=not args.quiet, allow_pickle=args.allow_pickle,
                         max_shard_size=args.shard_size)
+    if result.lora_errors and not args.quiet:
+        worst = max(result.lora_errors.items(), key=lambda kv: kv[1])
+        mean = sum(result.lora_errors.values()) / len(result.lora_errors)
+        print(f"LoRA rank {recipe.rank}: relative reconstruction error mean {mean:.4f}, worst "
+              f"{worst[1]:.4f} ({worst[0]}); per layer in lora_errors.json", file=sys.stderr)
     if not args.quiet:
         print(f"merged {result.n_tensors} tensors ({result.n_parameters:,} parameters) with "
               f"{result.method} on {result.device} in {result.seconds:.1f} s -> {result.out_dir}",

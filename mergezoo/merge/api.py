@@ -23,7 +23,8 @@ from mergezoo.merge.engine import MergeResult, check_counts, copy_model_files, m
 from mergezoo.merge.layers import LiNeS
 from mergezoo.merge.recipe import MergeRecipe, ModelEntry, parse_dtype
 from mergezoo.merge.registry import get_method
-from mergezoo.merge.sources import open_source
+from mergezoo.merge.sources import is_lora_folder, open_source
+from mergezoo.merge.writer import atomic_output_dir
 from mergezoo.zoo.resolve import ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
     resolved = [resolve_model(r, allow_pickle=allow_pickle) for r in refs]
 
     def weights_dir(r: ResolvedModel) -> Path:
+        # A diffusers LoRA repo keeps every component's factors in one root file.
+        if component and not (r.path / component).is_dir() and is_lora_folder(r.path):
+            return r.path
         return r.path / component if component else r.path
 
     if component:
@@ -100,7 +104,7 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
     base_src = (open_source(weights_dir(resolved_base), f"base '{resolved_base.ref}'",
                             allow_pickle=allow_pickle) if resolved_base else None)
     sources = [open_source(weights_dir(r), f"expert '{r.ref}'", allow_pickle=allow_pickle,
-                           base_source=base_src) for r in resolved]
+                           base_source=base_src, component=component) for r in resolved]
     check_architectures([(s.label, weights_dir(r)) for s, r in zip(sources, resolved)]
                         + ([(base_src.label, weights_dir(resolved_base))] if base_src else []))
     template = resolved_base or resolved[0]
@@ -170,6 +174,9 @@ def run_recipe(recipe: MergeRecipe, *, out_dir: str | Path, device: str = "auto"
                max_shard_size: str | int = "2GB") -> MergeResult:
     """Run a merge recipe (see `mergezoo.merge.recipe`)."""
     recipe = expand_experts(recipe)
+    if recipe.output == "lora":
+        return _merge_to_lora(recipe, out_dir=out_dir, device=device, overwrite=overwrite,
+                              progress=progress, allow_pickle=allow_pickle)
     lines = LiNeS(recipe.lines.alpha, recipe.lines.beta) if recipe.lines else None
     return merge_models(
         recipe.merge_method, [m.model for m in recipe.models], out_dir=out_dir,
@@ -178,3 +185,38 @@ def run_recipe(recipe: MergeRecipe, *, out_dir: str | Path, device: str = "auto"
         dtype=parse_dtype(recipe.dtype, "dtype"), out_dtype=parse_dtype(recipe.out_dtype, "out_dtype"),
         lines=lines, component=recipe.component, seed=recipe.seed, overwrite=overwrite,
         progress=progress, allow_pickle=allow_pickle, max_shard_size=max_shard_size, recipe=recipe)
+
+
+def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, overwrite: bool,
+                   progress: bool, allow_pickle: bool) -> MergeResult:
+    """Merge to a full model in a temporary folder, then re-factorise merged - base into a
+    LoRA of `recipe.rank` by truncated SVD (errors per layer in lora_errors.json)."""
+    import shutil
+    import tempfile
+
+    from mergezoo.merge.lora import extract_lora
+
+    full = recipe.model_copy(update={"output": "full", "rank": None})
+    out = Path(out_dir).expanduser().absolute()
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.full-", dir=out.parent))
+        try:
+            result = run_recipe(full, out_dir=scratch / "merged", device=device,
+                                progress=progress, allow_pickle=allow_pickle)
+            base = resolve_model(recipe.base_model, allow_pickle=allow_pickle).path
+            merged = scratch / "merged"
+            if recipe.component:
+                base, merged = base / recipe.component, merged / recipe.component
+            report = extract_lora(merged, base, tmp / "adapter", recipe.rank,
+                                  base_model_name=recipe.base_model)
+            for f in (tmp / "adapter").iterdir():
+                f.rename(tmp / f.name)
+            (tmp / "adapter").rmdir()
+            (tmp / RECIPE_FILE).write_text(recipe.to_yaml())
+            shutil.copy2(scratch / "merged" / PROVENANCE_FILE, tmp / PROVENANCE_FILE)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    result.out_dir = out
+    result.files = sorted(p.name for p in out.iterdir())
+    result.lora_errors = report.errors
+    return result

@@ -50,6 +50,7 @@ class MergeResult:
     seconds: float
     device: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    lora_errors: dict[str, float] | None = None  # relative error per layer, for LoRA output
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -88,6 +88,8 @@ class MergeRecipe(BaseModel):
     lines: LinesConfig | None = None
     component: str | None = None  # diffusers pipelines: merge this sub-folder, copy the rest
     seed: int = 0
+    output: Literal["full", "lora"] = "full"  # a full model, or a LoRA of the merged delta
+    rank: int | None = Field(default=None, ge=1)  # LoRA rank for `output: lora`
 
     @field_validator("models", mode="before")
     @classmethod
@@ -115,6 +117,8 @@ class MergeRecipe(BaseModel):
                     msg = f"unknown field (valid: {valid})"
                 lines.append(f"{where}: {msg}")
             raise RecipeError(f"{source}: invalid recipe:\n  " + "\n  ".join(lines)) from None
+        if recipe.output == "lora" and (recipe.rank is None or recipe.base_model is None):
+            raise RecipeError(f"{source}: output: lora needs a rank (--rank) and a base_model")
         parse_dtype(recipe.dtype, f"{source}: dtype")
         parse_dtype(recipe.out_dtype, f"{source}: out_dtype")
         return recipe

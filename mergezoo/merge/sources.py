@@ -121,8 +121,14 @@ def find_weight_files(folder: Path) -> tuple[str, list[Path], bool]:
     raise ModelNotFoundError(f"no weights (*.safetensors, or *.bin/*.pt) in {folder}")
 
 
+def is_lora_folder(path: Path) -> bool:
+    """A PEFT adapter folder, or a folder holding a diffusers LoRA file."""
+    return path.is_dir() and ((path / "adapter_config.json").is_file()
+                              or (path / "pytorch_lora_weights.safetensors").is_file())
+
+
 def open_source(path: str | Path, label: str | None = None, *, allow_pickle: bool = False,
-                base_source: TensorSource | None = None):
+                base_source: TensorSource | None = None, component: str | None = None):
     """Open the weights of a local model folder (or a single weights file) lazily.
 
     A PEFT adapter folder (adapter_config.json) opens as the base plus the adapter's full
@@ -134,12 +140,12 @@ def open_source(path: str | Path, label: str | None = None, *, allow_pickle: boo
     label = label or str(path)
     if not path.exists():
         raise ModelNotFoundError(f"{label}: no such file or folder: {path}")
-    if path.is_dir() and (path / "adapter_config.json").is_file():
+    if is_lora_folder(path):
         if base_source is None:
             raise ModelNotFoundError(f"{label}: is a LoRA adapter; merging it needs its base model")
         from mergezoo.merge.lora import open_lora_source  # LoRA support lives in its own module
 
-        return open_lora_source(path, label, base_source)
+        return open_lora_source(path, label, base_source, component=component)
     if path.is_file():
         stem = path.name.split("-0")[0].split(".")[0]
         stem = PICKLE_STEMS.get(stem, stem)
