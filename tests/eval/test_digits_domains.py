@@ -205,3 +205,14 @@ def test_summarize_means_over_held_in_and_held_out(digits_tiny):
     assert bench.summarize({"group0-inverted": 0.5}) == {"held_in": 0.5, "held_out": None}
     with pytest.raises(BenchmarkError, match="group7-plain"):
         bench.summarize({"group7-plain": 1.0})
+
+
+def test_zoo_definition_yaml_round_trips_to_the_same_hash(digits_tiny):
+    from mergezoo.eval.benchmarks import BenchmarkSpec
+
+    bench, zoo = digits_tiny
+    saved = BenchmarkSpec.from_yaml((zoo.root / "benchmark.yaml").read_text())
+    assert saved == bench.spec
+    assert saved.definition_hash() == zoo.definition_hash == bench.spec.definition_hash()
+    assert get_benchmark("digits-domains", size="default").spec.definition_hash() != \
+        zoo.definition_hash
