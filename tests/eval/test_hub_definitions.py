@@ -124,3 +124,96 @@ def test_bad_yaml_definitions_name_the_culprit(tmp_path, edit, culprit):
 def test_missing_yaml_file_is_named(tmp_path):
     with pytest.raises(BenchmarkDefinitionError, match="absent.yaml"):
         get_benchmark(str(tmp_path / "absent.yaml"))
+
+
+IMAGE_YAML = """
+name: toy-images
+task: image-classification
+factors: {colour: [red, blue]}
+held_in: [red]
+experts: {red: [MODEL]}
+data:
+  path: parquet
+  data_files: {train: DATA, test: DATA}
+  splits: {train: "train[:50%]", validation: "train[50%:]", test: test}
+  factors:
+    colour:
+      red: {filters: {colour: red}}
+      blue: {filters: {colour: blue}}
+"""
+
+
+def test_image_classification_yaml_benchmark_evaluates_a_model(tmp_path):
+    """A YAML benchmark over local parquet data and a local ViT folder scores end to end."""
+    import datasets
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    rng = np.random.default_rng(0)
+    rows = {"image": [], "label": [], "colour": []}
+    for i in range(24):
+        colour = ["red", "blue"][i % 2]
+        arr = np.zeros((16, 16, 3), dtype=np.uint8)
+        arr[..., 0 if colour == "red" else 2] = 200 + rng.integers(0, 50)
+        rows["image"].append(Image.fromarray(arr))
+        rows["label"].append(i % 2)
+        rows["colour"].append(colour)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(
+        names=["r", "b"]), "colour": datasets.Value("string")})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "d.parquet"))
+    torch.manual_seed(0)
+    model_dir = tmp_path / "vit"
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, hidden_size=16,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=16, num_labels=2)).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(model_dir)
+    yaml_path = tmp_path / "toy.yaml"
+    yaml_path.write_text(IMAGE_YAML.replace("DATA", str(tmp_path / "d.parquet"))
+                         .replace("MODEL", str(model_dir)))
+    bench = get_benchmark(str(yaml_path))
+    assert bench.expert_refs("red") == [str(model_dir)]
+    scores = bench.evaluate(model_dir, split="test")
+    assert set(scores) == {"red", "blue"}
+    # every test image of a cell has that cell's label, so each score is 0 or 1
+    assert all(v in (0.0, 1.0) for v in scores.values())
+
+
+class _FakeClip:
+    """Text 'embeds' label i as the one-hot e_i; an image embeds as its mean colour channel."""
+
+    def get_text_features(self, input_ids):
+        import torch
+        return torch.eye(3)[input_ids[:, 0]]
+
+    def get_image_features(self, pixel_values):
+        return pixel_values
+
+
+class _FakeProcessor:
+    def __init__(self):
+        self.prompts = []
+
+    def __call__(self, text=None, images=None, **kw):
+        import torch
+        if text is not None:
+            self.prompts += text
+            return {"input_ids": torch.tensor([[i] for i in range(len(text))])}
+        return {"pixel_values": torch.tensor([[float(v) for v in im.getpixel((0, 0))]
+                                              for im in images])}
+
+
+def test_zero_shot_predict_scores_against_label_name_prompts(tmp_path):
+    import datasets
+    from PIL import Image
+
+    spec_yaml = get_benchmark(CLIP).to_yaml()
+    bench = HubBenchmark(BenchmarkSpec.from_yaml(spec_yaml))
+    images = [Image.new("RGB", (4, 4), c) for c in [(9, 0, 0), (0, 0, 9), (0, 9, 0)]]
+    ds = datasets.Dataset.from_dict({"image": images, "label": [0, 2, 1]}, features=datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "owl"])}))
+    processor = _FakeProcessor()
+    preds = bench.predict((_FakeClip(), processor), ds, bench.cell("mnist"))
+    assert preds == [0, 2, 1]
+    assert processor.prompts == ["a photo of a cat.", "a photo of a dog.", "a photo of a owl."]
