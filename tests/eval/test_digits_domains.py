@@ -216,3 +216,20 @@ def test_zoo_definition_yaml_round_trips_to_the_same_hash(digits_tiny):
     assert saved.definition_hash() == zoo.definition_hash == bench.spec.definition_hash()
     assert get_benchmark("digits-domains", size="default").spec.definition_hash() != \
         zoo.definition_hash
+
+
+def test_data_contract_rejects_a_test_example_leaked_into_train():
+    import datasets
+
+    from mergezoo.eval.benchmarks.base import check_disjoint
+
+    def dd(train, val, test):
+        return datasets.DatasetDict({s: datasets.Dataset.from_dict({ID_COLUMN: ids})
+                                     for s, ids in (("train", train), ("validation", val),
+                                                    ("test", test))})
+    check_disjoint("toy", {"a": dd([1, 2], [3], [4]), "b": dd([5], [6], [7])})
+    with pytest.raises(BenchmarkError, match="test examples of cell 'b' are in the train split "
+                                             "of cell 'a'"):
+        check_disjoint("toy", {"a": dd([1, 2, 7], [3], [4]), "b": dd([5], [6], [7])})
+    with pytest.raises(BenchmarkError, match="both validation and test"):
+        check_disjoint("toy", {"a": dd([1], [3], [3])})

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from mergezoo.errors import BenchmarkError
-from mergezoo.eval.benchmarks.spec import LABEL_COLUMN, SPLITS, BenchmarkSpec, Cell
+from mergezoo.eval.benchmarks.spec import ID_COLUMN, LABEL_COLUMN, SPLITS, BenchmarkSpec, Cell
 
 if TYPE_CHECKING:  # imported lazily: datasets and torch are slow to import
     from datasets import Dataset, DatasetDict
@@ -106,6 +106,7 @@ class Benchmark(ABC):
                 if set(dd) != set(SPLITS):
                     raise BenchmarkError(f"{self.name}: cell {cell_name!r} has splits "
                                          f"{sorted(dd)}, expected {list(SPLITS)}")
+            check_disjoint(self.name, data)
             self._data = data
         return self._data
 
@@ -193,3 +194,33 @@ class Benchmark(ABC):
         from mergezoo.eval.benchmarks.sanity import average_safetensors_folders
 
         return average_safetensors_folders(model_dirs, out_dir)
+
+
+def check_disjoint(benchmark: str, data: dict[str, DatasetDict]) -> None:
+    """Raise BenchmarkError if any `source_id` of a validation or test split (of any cell) is
+    in any cell's train split, or a cell's validation and test share one. Cells whose splits
+    have no `source_id` column are not checked (their benchmark must guarantee it otherwise)."""
+    def ids(cell: str, split: str) -> set[Any] | None:
+        ds = data[cell][split]
+        return set(ds[ID_COLUMN]) if ID_COLUMN in ds.column_names else None
+
+    train: dict[Any, str] = {}
+    for cell in data:
+        for i in ids(cell, "train") or ():
+            train.setdefault(i, cell)
+    for cell in data:
+        val, test = ids(cell, "validation"), ids(cell, "test")
+        if val is None or test is None:
+            log.info("%s: cell %s has no %s column; split disjointness not checked",
+                     benchmark, cell, ID_COLUMN)
+            continue
+        if val & test:
+            raise BenchmarkError(f"{benchmark}: cell {cell!r} has {len(val & test)} examples in "
+                                 f"both validation and test (e.g. {ID_COLUMN} "
+                                 f"{sorted(val & test, key=str)[0]!r})")
+        for split, held in (("validation", val), ("test", test)):
+            leaked = sorted((i for i in held if i in train), key=str)
+            if leaked:
+                raise BenchmarkError(f"{benchmark}: {len(leaked)} {split} examples of cell "
+                                     f"{cell!r} are in the train split of cell "
+                                     f"{train[leaked[0]]!r} (e.g. {ID_COLUMN} {leaked[0]!r})")
