@@ -249,7 +249,7 @@ def _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines, state, o
         raise IncompatibleModelsError(f"tensor '{key}': {spec.name} failed: {err}") from err
     if spec.returns == "delta":
         scale = lines.scale(positions[key]) if lines else 1.0
-        merged = x.base + (merged * scale if scale != 1.0 else merged)
+        merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(x.base)
     merged = merged.to(out_dtype)
     # One reduction finds any NaN or Inf (they poison the sum); only a non-finite sum, which
     # can also come from overflow of finite values, pays for the exact element-wise check.

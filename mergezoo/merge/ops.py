@@ -34,7 +34,7 @@ def bucket_of_kth(hist: torch.Tensor, k: int) -> tuple[int, int]:
 
 def magnitude_bits(values: torch.Tensor) -> torch.Tensor:
     """|values| as float32 bit patterns (int32), which order exactly like the magnitudes."""
-    return values.abs().float().reshape(-1).view(torch.int32)
+    return values.abs().to(torch.float32).reshape(-1).view(torch.int32)
 
 
 def kth_largest_bits(bits: torch.Tensor, k: int) -> int:
@@ -78,22 +78,23 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | No
     With `owned`, `delta` is trimmed in place.
     """
     if threshold is not None:
-        return delta.masked_fill_(delta.abs() < threshold, 0) if owned else \
-            delta * (delta.abs() >= threshold)
-    if density >= 1:
+        keep = delta.abs() >= threshold
+    elif density >= 1:
         return delta
-    keep = top_k_mask(delta, kept_count(delta.numel(), density))
-    return delta.masked_fill_(~keep, 0) if owned else delta * keep
+    else:
+        keep = top_k_mask(delta, kept_count(delta.numel(), density))
+    return delta.mul_(keep) if owned else delta * keep
 
 
 def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator | None,
-                rescale: bool = True) -> torch.Tensor:
-    """DARE: keep each entry with probability `density`, and divide survivors by `density`."""
+                rescale: bool = True, *, owned: bool = False) -> torch.Tensor:
+    """DARE: keep each entry with probability `density`, and divide survivors by `density`.
+    With `owned`, `delta` is changed in place."""
     if density >= 1:
         return delta
     keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
-    kept = delta * keep
-    return kept / density if rescale else kept
+    kept = delta.mul_(keep) if owned else delta * keep
+    return kept.div_(density) if rescale else kept
 
 
 def drop_outliers_and_small(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -135,13 +136,13 @@ def _signed(delta: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def combine(deltas: list[torch.Tensor], weights: list[float], *, sign_rule: str | None,
-            normalize: bool, lambda_: float) -> torch.Tensor:
+            normalize: bool, lambda_: float, owned: bool = False) -> torch.Tensor:
     """Weighted sum of (already sparsified) task vectors, as mergekit's generalized task
     arithmetic: with `sign_rule`, only entries whose weighted value agrees with the elected
     sign count; with `normalize`, divide by the sum of the weights of the entries that count.
 
     Accumulates expert by expert instead of stacking: the same result with a fraction of the
-    memory traffic, which is what bounds a merge on CPU.
+    memory traffic, which is what bounds a merge on CPU. With `owned`, `deltas` are overwritten.
     """
     mixed = torch.zeros_like(deltas[0])
     if sign_rule is None:
@@ -158,14 +159,21 @@ def combine(deltas: list[torch.Tensor], weights: list[float], *, sign_rule: str 
             votes.add_(d if sign_rule == "sum" else _signed(d, w), alpha=w if sign_rule == "sum" else 1)
         majority = torch.where(votes >= 0, 1.0, -1.0).to(mixed.dtype)
         del votes
-        divisor = torch.zeros_like(mixed)
+        divisor = torch.zeros_like(mixed) if normalize else None
         for d, w in zip(deltas, weights):
             if w == 0:
                 continue
-            agree = _signed(d, w) == majority
-            mixed.add_(d * agree, alpha=w)
-            divisor.add_(agree.to(mixed.dtype), alpha=w)
-        if normalize:
+            # With s = sign(w), an entry agrees when s * d * majority > 0, and then contributes
+            # w * d = |w| * majority * (s * d * majority): accumulate |w| * relu(s*d*majority)
+            # and multiply by the majority sign once at the end. All in place.
+            agreeing = d.mul_(majority) if owned else d * majority
+            if w < 0:
+                agreeing.neg_()
+            if divisor is not None:
+                divisor.add_(agreeing > 0, alpha=w)
+            mixed.add_(agreeing.clamp_(min=0), alpha=abs(w))
+        mixed.mul_(majority)
+        if divisor is not None:
             divisor[divisor == 0] = 1
             mixed.div_(divisor)
     return mixed.mul_(lambda_) if lambda_ != 1 else mixed

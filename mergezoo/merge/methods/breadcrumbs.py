@@ -23,7 +23,7 @@ def breadcrumbs(x: MergeInputs, *, weight: list[float] = 1.0, density: list[floa
     """Remove the top-`gamma` fraction of each task vector by magnitude and the smallest entries
     so that `density` remains, then add the weighted sum (mergekit's `breadcrumbs`)."""
     masked = [drop_outliers_and_small(d, rho, g) for d, rho, g in zip(x.deltas, density, gamma)]
-    return combine(masked, weight, sign_rule=None, normalize=normalize, lambda_=lambda_)
+    return combine(masked, weight, sign_rule=None, normalize=normalize, lambda_=lambda_, owned=True)
 
 
 @merge_method("breadcrumbs_ties", paper="https://arxiv.org/abs/2312.06795", needs=Needs(base=True),
@@ -33,4 +33,4 @@ def breadcrumbs_ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list
                      normalize: bool = False) -> torch.Tensor:
     """Breadcrumbs masking, then TIES sign election and disjoint merge."""
     masked = [drop_outliers_and_small(d, rho, g) for d, rho, g in zip(x.deltas, density, gamma)]
-    return combine(masked, weight, sign_rule="sum", normalize=normalize, lambda_=lambda_)
+    return combine(masked, weight, sign_rule="sum", normalize=normalize, lambda_=lambda_, owned=True)

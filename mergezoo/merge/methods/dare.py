@@ -21,8 +21,10 @@ def dare_linear(x: MergeInputs, *, weight: list[float] = 1.0, density: list[floa
                 lambda_: float = 1.0, normalize: bool = False, rescale: bool = True) -> torch.Tensor:
     """Drop each task-vector entry with probability 1 - density, rescale the survivors by
     1 / density, then add the weighted sum (task arithmetic)."""
-    dropped = [random_drop(d, rho, x.generator, rescale) for d, rho in zip(x.deltas, density)]
-    return combine(dropped, weight, sign_rule=None, normalize=normalize, lambda_=lambda_)
+    dropped = [random_drop(d, rho, x.generator, rescale, owned=x.owned)
+               for d, rho in zip(x.deltas, density)]
+    return combine(dropped, weight, sign_rule=None, normalize=normalize, lambda_=lambda_,
+                   owned=x.owned)
 
 
 @merge_method("dare_ties", paper="https://arxiv.org/abs/2311.03099", needs=Needs(base=True),
@@ -32,5 +34,7 @@ def dare_linear(x: MergeInputs, *, weight: list[float] = 1.0, density: list[floa
 def dare_ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.5,
               lambda_: float = 1.0, normalize: bool = False, rescale: bool = True) -> torch.Tensor:
     """DARE's random drop and rescale, then TIES sign election and disjoint merge."""
-    dropped = [random_drop(d, rho, x.generator, rescale) for d, rho in zip(x.deltas, density)]
-    return combine(dropped, weight, sign_rule="sum", normalize=normalize, lambda_=lambda_)
+    dropped = [random_drop(d, rho, x.generator, rescale, owned=x.owned)
+               for d, rho in zip(x.deltas, density)]
+    return combine(dropped, weight, sign_rule="sum", normalize=normalize, lambda_=lambda_,
+                   owned=x.owned)

@@ -46,4 +46,5 @@ def ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.
     thresholds = x.state or [None] * len(x.deltas)
     trimmed = [trim_by_magnitude(d, rho, thr, owned=x.owned)
                for d, rho, thr in zip(x.deltas, density, thresholds)]
-    return combine(trimmed, weight, sign_rule=sign_rule, normalize=normalize, lambda_=lambda_)
+    return combine(trimmed, weight, sign_rule=sign_rule, normalize=normalize, lambda_=lambda_,
+                   owned=x.owned)
