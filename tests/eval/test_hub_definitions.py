@@ -217,3 +217,22 @@ def test_zero_shot_predict_scores_against_label_name_prompts(tmp_path):
     preds = bench.predict((_FakeClip(), processor), ds, bench.cell("mnist"))
     assert preds == [0, 2, 1]
     assert processor.prompts == ["a photo of a cat.", "a photo of a dog.", "a photo of a owl."]
+
+
+def test_overlapping_split_expressions_are_caught(tmp_path):
+    from mergezoo.errors import BenchmarkError
+
+    text = write_parquet(tmp_path).replace('validation: "train[75%:]"', 'validation: "train[50%:]"')
+    path = tmp_path / "overlap.yaml"
+    path.write_text(text)
+    with pytest.raises(BenchmarkError, match="validation examples of cell .* train split"):
+        get_benchmark(str(path)).data()
+
+
+def test_source_ids_index_the_whole_source_split(tmp_path):
+    path = tmp_path / "toy.yaml"
+    path.write_text(write_parquet(tmp_path))
+    data = get_benchmark(str(path)).data()
+    ids = data["sport-plain"]["validation"][ID_COLUMN]
+    rows = [int(i.rsplit(":", 1)[1]) for i in ids]
+    assert ids[0].startswith("parquet:train:") and min(rows) >= 24  # train[75%:] of 32 rows

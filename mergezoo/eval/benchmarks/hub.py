@@ -78,6 +78,27 @@ class BenchmarkPlan:
         return lines
 
 
+def _load_with_ids(call: LoadCall) -> Dataset:
+    """load_dataset for a split expression ("train[:95%]", "train[95%:]+test"), each row tagged
+    with `source_id` = "<path>[/<name>]:<split>:<row>" in the WHOLE source split, so overlapping
+    split expressions share ids and `check_disjoint` catches them."""
+    import re
+
+    import datasets
+
+    source = call.path + (f"/{call.name}" if call.name else "")
+    names = sorted({re.split(r"[\[(]", part.strip())[0].strip() for part in call.split.split("+")})
+    full = {}
+    for name in names:
+        ds = datasets.load_dataset(call.path, call.name, split=name, revision=call.revision,
+                                   data_files=call.data_files)
+        full[name] = ds.add_column(ID_COLUMN, [f"{source}:{name}:{i}" for i in range(len(ds))])
+    spans = datasets.ReadInstruction.from_spec(call.split).to_absolute(
+        {n: len(d) for n, d in full.items()})
+    parts = [full[s.splitname].select(range(s.from_, s.to)) for s in spans]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
 def _row_filter(filters: Mapping[str, Any]):
     def keep(row: Mapping[str, Any]) -> bool:
         for column, allowed in filters.items():
@@ -177,9 +198,7 @@ class HubBenchmark(Benchmark):
         for cell, calls in self.plan().data.items():
             parts = {}
             for split, call in calls.items():
-                ds = datasets.load_dataset(call.path, call.name, split=call.split,
-                                           revision=call.revision, data_files=call.data_files)
-                ds = ds.add_column(ID_COLUMN, [f"{call.path}:{call.split}:{i}" for i in range(len(ds))])
+                ds = _load_with_ids(call)
                 if call.filters:
                     ds = ds.filter(_row_filter(call.filters))
                 if call.max_examples:
