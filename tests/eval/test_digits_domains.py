@@ -233,3 +233,13 @@ def test_data_contract_rejects_a_test_example_leaked_into_train():
         check_disjoint("toy", {"a": dd([1, 2, 7], [3], [4]), "b": dd([5], [6], [7])})
     with pytest.raises(BenchmarkError, match="both validation and test"):
         check_disjoint("toy", {"a": dd([1], [3], [3])})
+
+
+def test_dataset_repo_card_names_source_and_license(digits_tiny):
+    from huggingface_hub import DatasetCard
+
+    _, zoo = digits_tiny
+    card = DatasetCard.load(zoo.root / zoo.manifest["datasets"]["path"] / "README.md")
+    assert card.data.license == "cc-by-4.0"
+    assert "load_digits" in card.text and "role:dataset" in card.data.tags
+    assert set(zoo.manifest["datasets"]["cells"]["group0-plain"]) == {"train", "validation", "test"}

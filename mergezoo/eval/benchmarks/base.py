@@ -50,6 +50,9 @@ class Benchmark(ABC):
 
     #: torch threads used while scoring (None: torch's default); tiny models want 1.
     eval_threads: int | None = None
+    #: provenance and license of the per-cell data, for the zoo's dataset card
+    data_description: str = ""
+    data_license: str | None = None
 
     def __init__(self, spec: BenchmarkSpec) -> None:
         self.spec = spec

@@ -173,7 +173,8 @@ def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: boo
             started = time.perf_counter()
             writer = ZooWriter(tmp, benchmark.spec)
             data = benchmark.data()
-            writer.save_datasets(data)
+            writer.save_datasets(data, description=benchmark.data_description,
+                                 license=benchmark.data_license)
             benchmark.train_zoo(writer, data)
             train_seconds = time.perf_counter() - started
             # sanity.json must exist before the manifest hashes the files

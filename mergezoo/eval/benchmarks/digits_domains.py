@@ -135,6 +135,11 @@ class DigitsDomains(Benchmark):
     """Digit groups x rendering domains, a tiny ViT base, full fine-tuned experts, frozen head."""
 
     eval_threads = 1
+    data_description = (
+        "Source: scikit-learn's bundled digits (`sklearn.datasets.load_digits`), a copy of the "
+        "test set of the UCI Optical Recognition of Handwritten Digits data set (Alpaydin & "
+        "Kaynak, 1998), upsampled to 16x16 and rendered by deterministic transforms.")
+    data_license = "cc-by-4.0"
 
     def __init__(self, size: str = "default") -> None:
         if size not in SIZE_PARAMS:

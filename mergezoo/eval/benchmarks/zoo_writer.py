@@ -161,19 +161,22 @@ class ZooWriter:
         content = f"---\n{card_data.to_yaml()}\n---\n\n{body}"
         ModelCard(content).save(path / "README.md")
 
-    def save_datasets(self, data: Mapping[str, Any]) -> Path:
-        """Save every cell's DatasetDict under datasets/mergezoo/<bench>-data/<cell>/, with a card."""
+    def save_datasets(self, data: Mapping[str, Any], *, description: str = "",
+                      license: str | None = None) -> Path:
+        """Save every cell's DatasetDict under datasets/mergezoo/<bench>-data/<cell>/, with a card
+        (`description`: where the data come from; `license`: the data's, default the zoo's)."""
         root = self.root / self.data_path
         for cell_name, dd in data.items():
             self.spec.cell(cell_name)
             dd.save_to_disk(str(root / cell_name))
             self.datasets[cell_name] = {split: len(ds) for split, ds in dd.items()}
-        front = yaml.safe_dump({"license": self.license, "tags": [
+        front = yaml.safe_dump({"license": license or self.license, "tags": [
             "mergezoo", f"{BENCH_TAG_PREFIX}{self.spec.name}", "role:dataset"],
             "mergezoo": {"benchmark": self.spec.name, "size": self.spec.size}}, sort_keys=False)
         (root / "README.md").write_text(
             f"---\n{front}---\n\n# {self.spec.name} data (size {self.spec.size})\n\n"
-            "One folder per cell, each a `datasets.DatasetDict` saved with `save_to_disk` "
+            + (f"{description}\n\n" if description else "")
+            + "One folder per cell, each a `datasets.DatasetDict` saved with `save_to_disk` "
             "(splits train / validation / test; column `source_id` names the source example, so "
             "no test example is in any train split). Push a cell with "
             "`load_from_disk(cell).push_to_hub(repo_id, config_name=cell)`.\n\n"
