@@ -1,4 +1,9 @@
-"""`mergezoo demo`: build small experts, merge them with every method, and show the results."""
+"""`mergezoo demo`: the whole path on a built-in benchmark, offline.
+
+Builds (or reuses) the digits-domains toy zoo, finds its experts by tag in the local zoo,
+merges them with several methods, and scores every merge on the held-in and held-out cells,
+beside the base and the multitask model.
+"""
 
 from __future__ import annotations
 
@@ -7,59 +12,57 @@ import sys
 import tempfile
 from pathlib import Path
 
+DEMO_METHODS = ["average", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties",
+                "consensus", "model_stock", "multislerp"]
+# Hyperparameters a user would start from (no tuning here; `mergezoo bench` tunes).
+DEMO_PARAMS = {"task_arithmetic": {"lambda": 0.4}, "ties": {"density": 0.2, "lambda": 1.0},
+               "dare_ties": {"density": 0.3, "lambda": 0.5, "normalize": True},
+               "breadcrumbs_ties": {"lambda": 0.5, "normalize": True},
+               "consensus": {"lambda": 0.4}}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo", help="build tiny experts, merge them with every method, load and run the merges",
-        description="Builds a tiny Llama base and three fine-tuned-like experts, merges them "
-        "with every data-free method, loads each merge with transformers and runs it. Needs no "
-        "network.")
-    p.add_argument("--out", help="keep the models here (default: a temporary folder)")
+        "demo", help="build a toy zoo, merge its experts with several methods and score them",
+        description="The whole mergezoo path, offline: build (or reuse) the digits-domains "
+        "benchmark's toy zoo, find its experts by tag, merge them with several methods, and "
+        "score every merge on held-in and held-out cells beside the base and the multitask "
+        "model.")
+    p.add_argument("--size", default="tiny", choices=["tiny", "default"],
+                   help="benchmark size (tiny: about a minute; default: a few minutes)")
+    p.add_argument("--methods", default=",".join(DEMO_METHODS),
+                   help=f"comma-separated methods (default: {','.join(DEMO_METHODS)})")
+    p.add_argument("--out", help="keep the merged models here (default: a temporary folder)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.set_defaults(func=run)
 
 
-def _build_experts(root: Path, n_experts: int = 3) -> tuple[Path, list[Path]]:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(config)
-    base.save_pretrained(root / "base")
-    experts = []
-    for i in range(n_experts):
-        expert = LlamaForCausalLM(config)
-        expert.load_state_dict(base.state_dict())
-        with torch.no_grad():  # a sparse-ish task vector, as fine-tuning leaves
-            for p in expert.parameters():
-                p.add_(torch.randn_like(p) * 0.02 * (torch.rand_like(p) < 0.3))
-        expert.save_pretrained(root / f"expert-{i}")
-        experts.append(root / f"expert-{i}")
-    return root / "base", experts
+def _row(name: str, scores: dict[str, float], bench, seconds: float | None = None) -> str:
+    summary = bench.summarize(scores)
+    secs = f"{seconds:8.2f}" if seconds is not None else f"{'-':>8}"
+    return f"{name:18} {summary['held_in']:8.3f} {summary['held_out']:9.3f} {secs}"
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import AutoModelForCausalLM
+    from mergezoo.eval.benchmarks import get_benchmark
+    from mergezoo.merge import merge_models
+    from mergezoo.zoo.search import find_experts
 
-    from mergezoo.merge import list_methods, merge_models
-
-    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mergezoo-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
-    print(f"building a tiny Llama base and 3 experts in {root}", file=sys.stderr)
-    base, experts = _build_experts(root)
-    base_model = AutoModelForCausalLM.from_pretrained(base)
-    prompt = torch.tensor([[1, 5, 9, 42]])
-    base_logits = base_model(prompt).logits
-    print(f"{'method':18} {'seconds':>8} {'params':>10} {'|logits - base|':>16}  output")
-    for method in list_methods():
-        models = [experts[0]] if method.needs.max_models == 2 else experts
-        out = root / f"merged-{method.name}"
-        result = merge_models(method.name, models, base=base, out_dir=out, device=args.device,
+    bench = get_benchmark("digits-domains", size=args.size)
+    print(f"building (or reusing) the {bench.name} toy zoo, size {args.size} ...", file=sys.stderr)
+    zoo = bench.build()
+    experts = find_experts(tag=[f"mergezoo-bench:{bench.name}", "role:expert", "seed:0"],
+                           zoo=zoo.root)
+    base = zoo.model_path("base")
+    print(f"found {len(experts)} experts tagged role:expert in {zoo.root}", file=sys.stderr)
+    out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mergezoo-demo-"))
+    print(f"\n{'model':18} {'held-in':>8} {'held-out':>9} {'merge s':>8}   (test accuracy)")
+    print(_row("base", bench.evaluate(base), bench))
+    print(_row("multitask", bench.evaluate(zoo.model_path("multitask")), bench))
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        result = merge_models(method, experts, base=base, out_dir=out_root / method,
+                              params=DEMO_PARAMS.get(method, {}), device=args.device,
                               overwrite=True, progress=False)
-        merged = AutoModelForCausalLM.from_pretrained(out)
-        diff = (merged(prompt).logits - base_logits).abs().mean().item()
-        print(f"{method.name:18} {result.seconds:8.2f} {result.n_parameters:10,} {diff:16.4f}  {out}")
+        print(_row(method, bench.evaluate(result.out_dir), bench, result.seconds), flush=True)
+    print(f"\nmerged models in {out_root}", file=sys.stderr)
     return 0

@@ -21,6 +21,7 @@ def stack_weights(weights: list[float], like: torch.Tensor) -> torch.Tensor:
 
 
 BUCKETS = 1 << 16
+SMALL = 1 << 18  # below this many entries, selection beats two 65,536-bucket histograms
 
 
 def bucket_of_kth(hist: torch.Tensor, k: int) -> tuple[int, int]:
@@ -40,7 +41,10 @@ def magnitude_bits(values: torch.Tensor) -> torch.Tensor:
 def kth_largest_bits(bits: torch.Tensor, k: int) -> int:
     """The k-th largest of non-negative float32 bit patterns, exactly, by radix selection:
     a histogram of the high 16 bits finds the bucket, one of the low 16 bits inside it finds
-    the value. Two counting passes, no sort: O(n), and fast on CPU."""
+    the value. Two counting passes, no sort: O(n), and fast on CPU. Small inputs, where the
+    histograms would cost more than the data, use a plain selection."""
+    if bits.numel() <= SMALL:
+        return int(torch.kthvalue(bits, bits.numel() - k + 1).values)
     high = bits >> 16
     bucket, rank = bucket_of_kth(torch.bincount(high, minlength=BUCKETS), k)
     inside = bits[high == bucket] & 0xFFFF
