@@ -9,14 +9,15 @@ from mergezoo.merge.ops import combine, random_drop
 from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
 
 DENSITY = Interval(0, 1, low_open=True)
-_HELP = {"density": "probability of keeping each entry",
-         "rescale": "divide kept entries by density"}
+# Both DARE variants share their registration: paper, needs, ranges, grid.
+_DARE = dict(paper="https://arxiv.org/abs/2311.03099", needs=Needs(base=True),
+             per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
+             grid={"density": [0.1, 0.3, 0.5, 0.7], "lambda": [0.5, 1.0, 1.5]}, random=True,
+             helps={"density": "probability of keeping each entry",
+                    "rescale": "divide kept entries by density"})
 
 
-@merge_method("dare_linear", paper="https://arxiv.org/abs/2311.03099", needs=Needs(base=True),
-              per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
-              grid={"density": [0.1, 0.3, 0.5, 0.7], "lambda": [0.5, 1.0, 1.5]},
-              random=True, helps=_HELP)
+@merge_method("dare_linear", **_DARE)
 def dare_linear(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.5,
                 lambda_: float = 1.0, normalize: bool = False, rescale: bool = True) -> torch.Tensor:
     """Drop each task-vector entry with probability 1 - density, rescale the survivors by
@@ -27,10 +28,7 @@ def dare_linear(x: MergeInputs, *, weight: list[float] = 1.0, density: list[floa
                    owned=x.owned)
 
 
-@merge_method("dare_ties", paper="https://arxiv.org/abs/2311.03099", needs=Needs(base=True),
-              per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
-              grid={"density": [0.1, 0.3, 0.5, 0.7], "lambda": [0.5, 1.0, 1.5]},
-              random=True, helps=_HELP)
+@merge_method("dare_ties", **_DARE)
 def dare_ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.5,
               lambda_: float = 1.0, normalize: bool = False, rescale: bool = True) -> torch.Tensor:
     """DARE's random drop and rescale, then TIES sign election and disjoint merge."""
