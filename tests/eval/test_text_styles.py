@@ -1,0 +1,95 @@
+"""text-styles at size tiny: real MiniLM base with a real zero-shot score, Hub-style zoo of
+BertModel folders, disjoint cells and splits, deterministic rebuild, experts beating the base."""
+
+from __future__ import annotations
+
+import pytest
+from huggingface_hub import ModelCard
+
+from mergezoo.eval.benchmarks import ID_COLUMN, build_zoo, get_benchmark
+from mergezoo.eval.benchmarks.text_styles_data import LANGUAGES, cell_dataset, task_sentences
+from mergezoo.eval.benchmarks.zoo_writer import hash_tree
+
+
+@pytest.fixture(scope="module")
+def text_tiny(zoo_cache):
+    bench = get_benchmark("text-styles", size="tiny")
+    return bench, bench.build()
+
+
+def test_languages_are_deterministic_transforms():
+    assert LANGUAGES["reversed"]("the cat sat") == "sat cat the"
+    assert LANGUAGES["piglatin"]("the apple was great") == "ethay appleway asway eatgray"
+    text = "reserve a table for two"
+    assert LANGUAGES["cipher"](LANGUAGES["cipher"](text)) == text
+    assert LANGUAGES["cipher"](text) != text
+    assert task_sentences("topic", (4, 2, 2), 0) == task_sentences("topic", (4, 2, 2), 0)
+
+
+def test_base_has_a_real_zero_shot_score(text_tiny):
+    bench, zoo = text_tiny
+    from mergezoo.eval.benchmarks.text_styles_model import accuracy, label_embeddings
+
+    enc = bench.load_model(zoo.model_path("base"))
+    ds = cell_dataset("topic", "plain", "test", (12, 4, 8))
+    plain = accuracy(enc, ds, label_embeddings(enc, "topic"))
+    cipher = accuracy(enc, cell_dataset("topic", "cipher", "test", (12, 4, 8)),
+                      label_embeddings(enc, "topic"))
+    assert plain >= 0.75 > 0.25  # 4 labels: chance is 0.25
+    assert cipher < plain
+
+
+def test_zoo_models_load_with_transformers_and_carry_cards(text_tiny):
+    from transformers import AutoModel, AutoTokenizer
+
+    bench, zoo = text_tiny
+    assert len(zoo.models("base")) == len(zoo.models("multitask")) == 1
+    assert {m.cell for m in zoo.models("expert")} == {c.name for c in bench.held_in_cells}
+    assert {m.cell for m in zoo.models("oracle")} == {c.name for c in bench.held_out_cells}
+    path = zoo.model_path("expert", "topic-piglatin", seed=0)
+    files = {p.name for p in path.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md",
+            "modules.json"} <= files
+    model = AutoModel.from_pretrained(str(path))
+    assert type(model).__name__ == "BertModel"
+    assert AutoTokenizer.from_pretrained(str(path))("hello")["input_ids"][0] == 101
+    card = ModelCard.load(path / "README.md")
+    for tag in ("mergezoo-bench:text-styles", "cell:topic-piglatin", "role:expert",
+                "task:topic", "language:piglatin", "seed:0"):
+        assert tag in card.data.tags
+    assert card.data.base_model == "text-styles-base"
+    assert card.data.mergezoo["trained_on"] == ["topic-piglatin"]
+
+
+def test_cells_and_splits_are_disjoint(text_tiny):
+    bench, zoo = text_tiny
+    train_ids, train_text = set(), set()
+    for cell in bench.cells:
+        ds = zoo.dataset(cell.name, "train")
+        train_ids |= set(ds[ID_COLUMN])
+        train_text |= set(ds["plain"])
+    for cell in bench.cells:
+        for split in ("validation", "test"):
+            ds = zoo.dataset(cell.name, split)
+            assert len(ds) > 0
+            assert not set(ds[ID_COLUMN]) & train_ids
+            assert not set(ds["plain"]) & train_text
+    held_out = {c.name for c in bench.held_out_cells}
+    for m in zoo.models("expert") + zoo.models("multitask"):
+        trained_on = ModelCard.load(m.path / "README.md").data.mergezoo["trained_on"]
+        assert trained_on and not set(trained_on) & held_out
+
+
+def test_experts_beat_the_base_on_their_cells(text_tiny):
+    bench, zoo = text_tiny
+    rows = {r["cell"]: r for r in zoo.sanity["cells"]}
+    for cell in bench.held_in_cells:
+        assert rows[cell.name]["own_expert"] > rows[cell.name]["base"], rows[cell.name]
+
+
+def test_rebuild_gives_identical_hashes(text_tiny, tmp_path):
+    bench, zoo = text_tiny
+    again = build_zoo(get_benchmark("text-styles", size="tiny"), out=tmp_path / "again",
+                      sanity=False)
+    first = {k: v for k, v in hash_tree(zoo.root).items() if k != "sanity.json"}
+    assert hash_tree(again.root) == first
