@@ -127,12 +127,25 @@ def keep_top_k_(delta: torch.Tensor, k: int) -> torch.Tensor:
 def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator | None,
                 rescale: bool = True, *, owned: bool = False) -> torch.Tensor:
     """DARE: keep each entry with probability `density`, and divide survivors by `density`.
-    With `owned`, `delta` is changed in place."""
+    With `owned`, `delta` is changed in place.
+
+    Each entry's draw is a 16-bit uniform lane of a 64-bit random integer (a quarter of the
+    generator calls of one float per entry, the cost that dominates DARE on CPU), so the keep
+    probability is `density` rounded to a multiple of 1/65536.
+    """
     if density >= 1:
         return delta
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
-    kept = delta.mul_(keep) if owned else delta * keep
-    return kept.div_(density) if rescale else kept
+    kept = delta if owned and delta.is_contiguous() else delta.contiguous().clone()
+    flat = kept.view(-1)
+    below = round(density * 65536) - 32768  # keep when the signed 16-bit lane is below this
+    for part in chunks(flat.numel(), flat.device):  # draws in a fixed order: reproducible
+        piece = flat[part]
+        words = torch.randint(-2**63, 2**63 - 1, ((piece.numel() + 3) // 4,), dtype=torch.int64,
+                              generator=generator, device=piece.device)
+        piece.mul_(words.view(torch.int16)[: piece.numel()] < below)
+        if rescale:
+            piece.div_(density)
+    return kept
 
 
 def drop_outliers_and_small(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
