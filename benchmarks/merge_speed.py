@@ -142,7 +142,6 @@ def write_model(folder: Path, layout, shards, make_tensor, config: dict) -> None
 def build_models(workdir: Path, spec: dict, n_experts: int, log) -> dict:
     """Build (or reuse) the base model and `n_experts` experts under workdir/models."""
     import torch
-    from safetensors import safe_open
 
     layout = llama_layout(spec["vocab"], spec["hidden"], spec["intermediate"], spec["layers"])
     shards = shard_plan(layout, spec["max_shard_bytes"])

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from merge_helpers import call_method, load_folder, perturb, save_model, toy_state
-from merge_refs import flat, gta_entry, keep_magnitude, ref_gta, ref_linear, unflat
+from merge_refs import flat, keep_magnitude, ref_gta, ref_linear
 from mergezoo.merge import LiNeS, merge_models, merge_sources, open_source
 from mergezoo.errors import RecipeError
 

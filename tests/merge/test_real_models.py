@@ -5,7 +5,6 @@ reference merge of the state dicts."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch

@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import base64
-import fnmatch
 import hashlib
 import json
 import re
@@ -30,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote
 
 import uvicorn
