@@ -58,9 +58,9 @@ SIZE_PARAMS: dict[str, dict[str, Any]] = {
              "multitask": {"steps": 10, "batch_size": 16, "lr": 3e-4}},
     "default": {"tasks": ["emotion", "intent", "topic", "sentiment"],
                 "languages": ["plain", "reversed", "piglatin", "cipher"],
-                "per_label": [32, 8, 12], "seeds": [0, 1, 2],
-                "expert": {"steps": 24, "batch_size": 16, "lr": 1.5e-4},
-                "multitask": {"steps": 48, "batch_size": 16, "lr": 1.5e-4}},
+                "per_label": [32, 8, 8], "seeds": [0, 1, 2],
+                "expert": {"steps": 24, "batch_size": 8, "lr": 2e-4},
+                "multitask": {"steps": 48, "batch_size": 8, "lr": 2e-4}},
 }
 DATA_SEED = 0
 
