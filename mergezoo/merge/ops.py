@@ -92,29 +92,62 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | No
     return delta.mul_(keep) if owned else delta * keep
 
 
-def keep_top_k_(delta: torch.Tensor, k: int) -> torch.Tensor:
-    """Zero all but the `k` largest magnitudes of a contiguous `delta`, in place, exactly as
-    `top_k_mask` would (ties broken by position), in three slice-by-slice passes: the radix
-    histograms, then the masking. No full-size temporary is made."""
-    flat = delta.view(-1)
-    parts = chunks(flat.numel(), flat.device)
+def _magnitude_chunk(flat: torch.Tensor, part: slice) -> torch.Tensor:
+    return flat[part].abs().to(torch.float32).view(torch.int32)
 
-    def bits(part: slice) -> torch.Tensor:
-        return flat[part].abs().to(torch.float32).view(torch.int32)
 
+def _bracketed_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tuple[int, int] | None:
+    """Fast path of `top_k_threshold`: bracket the threshold with a strided sample, then one
+    pass counts the entries above the bracket and gathers those inside it (about 1% of them),
+    where an exact selection finishes. None when the sample's bracket misses the threshold."""
+    n = flat.numel()
+    sample = flat[:: max(1, n // 65536)].abs().to(torch.float32).view(torch.int32)
+    m = sample.numel()
+    rank = k / n * m
+    margin = int(4 * (rank * (1 - k / n)) ** 0.5) + 16
+    ordered = torch.sort(sample, descending=True).values
+    high = int(ordered[max(0, int(rank) - margin)])
+    low = int(ordered[min(m - 1, int(rank) + margin)])
+    above, inside = 0, []
+    for part in parts:
+        b = _magnitude_chunk(flat, part)
+        above += int(torch.count_nonzero(b > high))
+        inside.append(b[(b >= low) & (b <= high)])
+    candidates = torch.cat(inside)
+    need = k - above
+    if not 0 < need <= candidates.numel():
+        return None
+    threshold = int(torch.kthvalue(candidates, candidates.numel() - need + 1).values)
+    return threshold, need - int(torch.count_nonzero(candidates > threshold))
+
+
+def _radix_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tuple[int, int]:
     high = torch.zeros(BUCKETS, dtype=torch.int64, device=flat.device)
     for part in parts:
-        high += torch.bincount(bits(part) >> 16, minlength=BUCKETS)
+        high += torch.bincount(_magnitude_chunk(flat, part) >> 16, minlength=BUCKETS)
     bucket, rank = bucket_of_kth(high, k)
     low = torch.zeros_like(high)
     for part in parts:
-        b = bits(part)
+        b = _magnitude_chunk(flat, part)
         low += torch.bincount(b[(b >> 16) == bucket] & 0xFFFF, minlength=BUCKETS)
     low_bits, _ = bucket_of_kth(low, rank)
-    threshold = (bucket << 16) | low_bits
-    ties_left = k - int(high[bucket + 1:].sum()) - int(low[low_bits + 1:].sum())
+    return (bucket << 16) | low_bits, k - int(high[bucket + 1:].sum()) - int(low[low_bits + 1:].sum())
+
+
+def top_k_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tuple[int, int]:
+    """(threshold, ties): the k-th largest magnitude of `flat` as float32 bits, and how many
+    entries equal to it belong to the top k (the rest of the top k is strictly above it)."""
+    return _bracketed_threshold(flat, k, parts) or _radix_threshold(flat, k, parts)
+
+
+def keep_top_k_(delta: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero all but the `k` largest magnitudes of a contiguous `delta`, in place, exactly as
+    `top_k_mask` would (ties broken by position), slice by slice: no full-size temporary."""
+    flat = delta.view(-1)
+    parts = chunks(flat.numel(), flat.device)
+    threshold, ties_left = top_k_threshold(flat, k, parts)
     for part in parts:
-        b = bits(part)
+        b = _magnitude_chunk(flat, part)
         keep = b > threshold
         if ties_left > 0:
             tied = torch.nonzero(b == threshold).squeeze(1)[:ties_left]
