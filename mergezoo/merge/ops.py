@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 
@@ -38,37 +40,6 @@ def magnitude_bits(values: torch.Tensor) -> torch.Tensor:
     return values.abs().to(torch.float32).reshape(-1).view(torch.int32)
 
 
-def kth_largest_bits(bits: torch.Tensor, k: int) -> int:
-    """The k-th largest of non-negative float32 bit patterns, exactly, by radix selection:
-    a histogram of the high 16 bits finds the bucket, one of the low 16 bits inside it finds
-    the value. Two counting passes, no sort: O(n), and fast on CPU. Small inputs, where the
-    histograms would cost more than the data, use a plain selection."""
-    if bits.numel() <= SMALL:
-        return int(torch.kthvalue(bits, bits.numel() - k + 1).values)
-    high = bits >> 16
-    bucket, rank = bucket_of_kth(torch.bincount(high, minlength=BUCKETS), k)
-    inside = bits[high == bucket] & 0xFFFF
-    low, _ = bucket_of_kth(torch.bincount(inside, minlength=BUCKETS), rank)
-    return (bucket << 16) | low
-
-
-def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of exactly the `k` largest magnitudes of `values` (ties broken by position)."""
-    n = values.numel()
-    if k >= n:
-        return torch.ones_like(values, dtype=torch.bool)
-    if k <= 0:
-        return torch.zeros_like(values, dtype=torch.bool)
-    bits = magnitude_bits(values)
-    threshold = kth_largest_bits(bits, k)
-    mask = bits > threshold
-    missing = k - int(torch.count_nonzero(mask))
-    if missing > 0:  # several entries equal the threshold: keep the first ones
-        tied = torch.nonzero(bits == threshold).squeeze(1)[:missing]
-        mask[tied] = True
-    return mask.view(values.shape)
-
-
 def kept_count(numel: int, density: float) -> int:
     """How many entries a trim to `density` keeps: int(density * n), as mergekit does, but >= 1."""
     return max(1, int(density * numel))
@@ -85,7 +56,7 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | No
         keep = delta.abs() >= threshold
     elif density >= 1:
         return delta
-    elif delta.numel() > SMALL and delta.is_contiguous():
+    elif delta.is_contiguous():
         return keep_top_k_(delta if owned else delta.clone(), kept_count(delta.numel(), density))
     else:
         keep = top_k_mask(delta, kept_count(delta.numel(), density))
@@ -137,13 +108,17 @@ def _radix_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tuple[in
 def top_k_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tuple[int, int]:
     """(threshold, ties): the k-th largest magnitude of `flat` as float32 bits, and how many
     entries equal to it belong to the top k (the rest of the top k is strictly above it)."""
+    if flat.numel() <= SMALL:  # a plain selection beats histograms and sampling here
+        bits = flat.abs().to(torch.float32).view(torch.int32)
+        threshold = int(torch.kthvalue(bits, bits.numel() - k + 1).values)
+        return threshold, k - int(torch.count_nonzero(bits > threshold))
     return _bracketed_threshold(flat, k, parts) or _radix_threshold(flat, k, parts)
 
 
-def keep_top_k_(delta: torch.Tensor, k: int) -> torch.Tensor:
-    """Zero all but the `k` largest magnitudes of a contiguous `delta`, in place, exactly as
-    `top_k_mask` would (ties broken by position), slice by slice: no full-size temporary."""
-    flat = delta.view(-1)
+def _top_k_slices(values: torch.Tensor, k: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(slice, keep mask of that slice) over the flattened `values`, for the `k` largest
+    magnitudes, ties broken by position."""
+    flat = values.reshape(-1)
     parts = chunks(flat.numel(), flat.device)
     threshold, ties_left = top_k_threshold(flat, k, parts)
     for part in parts:
@@ -153,6 +128,27 @@ def keep_top_k_(delta: torch.Tensor, k: int) -> torch.Tensor:
             tied = torch.nonzero(b == threshold).squeeze(1)[:ties_left]
             keep[tied] = True
             ties_left -= tied.numel()
+        yield part, keep
+
+
+def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of exactly the `k` largest magnitudes of `values` (ties broken by position)."""
+    n = values.numel()
+    if k >= n or k <= 0:
+        return torch.full(values.shape, k >= n, dtype=torch.bool, device=values.device)
+    mask = torch.empty(n, dtype=torch.bool, device=values.device)
+    for part, keep in _top_k_slices(values, k):
+        mask[part] = keep
+    return mask.view(values.shape)
+
+
+def keep_top_k_(delta: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero all but the `k` largest magnitudes of a contiguous `delta`, in place, exactly as
+    `top_k_mask` would, slice by slice: no full-size temporary."""
+    if k >= delta.numel():
+        return delta
+    flat = delta.view(-1)
+    for part, keep in _top_k_slices(delta, k):
         flat[part].mul_(keep)
     return delta
 
@@ -191,12 +187,11 @@ def drop_outliers_and_small(delta: torch.Tensor, density: float, gamma: float) -
     n_top = int(gamma * n)
     if n - n_keep - n_top < 0:  # not enough entries: drop fewer outliers
         n_top = n - n_keep
-    below_top = ~top_k_mask(delta, n_top)
-    # Among the entries left after removing the outliers, keep the n_keep largest.
-    keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
-    candidates = torch.nonzero(below_top.reshape(-1)).squeeze(1)
-    keep[candidates[top_k_mask(delta.reshape(-1)[candidates], n_keep)]] = True
-    return delta * keep.view(delta.shape)
+    # Ranked by magnitude (ties by position), keep ranks n_top+1 .. n_top+n_keep.
+    keep = top_k_mask(delta, n_top + n_keep)
+    if n_top:
+        keep &= ~top_k_mask(delta, n_top)
+    return delta * keep
 
 
 def elect_sign(weighted_deltas: torch.Tensor, rule: str = "sum") -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mergezoo.merge.ops import stack_weights
+from mergezoo.merge.ops import chunks, stack_weights
 from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
 
 
@@ -26,7 +26,12 @@ def consensus(x: MergeInputs, *, weight: list[float] = 1.0, lambda_: float = 1.0
               mask_lambda: float = 0.4) -> torch.Tensor:
     """tau_MTL = sum_t w_t tau_t; m_t = |tau_t| >= mask_lambda |tau_MTL - tau_t|;
     theta = theta_0 + lambda * [sum_t m_t >= k] * tau_MTL."""
-    stacked = torch.stack(x.deltas)
-    multitask = (stacked * stack_weights(weight, stacked)).sum(dim=0)
-    votes = tall_masks(stacked, multitask, mask_lambda).sum(dim=0)
-    return lambda_ * multitask * (votes >= k)
+    deltas = [d.reshape(-1) for d in x.deltas]
+    merged = torch.empty(x.deltas[0].shape, dtype=deltas[0].dtype, device=deltas[0].device)
+    out = merged.view(-1)
+    for part in chunks(out.numel(), out.device):  # element-wise: slice by slice, in cache
+        stacked = torch.stack([d[part] for d in deltas])
+        multitask = (stacked * stack_weights(weight, stacked)).sum(dim=0)
+        votes = tall_masks(stacked, multitask, mask_lambda).sum(dim=0)
+        out[part] = lambda_ * multitask * (votes >= k)
+    return merged
