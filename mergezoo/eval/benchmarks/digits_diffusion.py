@@ -67,6 +67,24 @@ SIZE_PARAMS: dict[str, dict[str, Any]] = {
 SPLIT_SEED = 0
 
 
+class _AdapterFolder:
+    """Saves a PEFT model with a byte-stable adapter_config.json: PEFT writes `target_modules`
+    from a set, whose order changes with the interpreter's hash seed."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def save_pretrained(self, path: str) -> None:
+        import json
+
+        self.model.save_pretrained(path)
+        cfg_path = Path(path) / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        if isinstance(cfg.get("target_modules"), list):
+            cfg["target_modules"] = sorted(cfg["target_modules"])
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 @register_benchmark(NAME)
 class DigitsDiffusion(Benchmark):
     """Digit groups x styles; a small conditional UNet base; LoRA experts; judged generations."""
@@ -285,7 +303,7 @@ class DigitsDiffusion(Benchmark):
             with deterministic(seed):
                 model = add_lora(copy.deepcopy(base), params["lora_rank"], seed, base_name)
                 train(model, x, d, s, spec(kind), seed=seed)
-            writer.save_model(model, role=role, cell=cell, seed=seed,
+            writer.save_model(_AdapterFolder(model), role=role, cell=cell, seed=seed,
                               recipe=self._recipe(kind, seed, cells).to_dict(),
                               base_model=base_name, trained_on=cells, library_name="peft",
                               summary=f"A PEFT LoRA adapter of `{base_name}`.")
