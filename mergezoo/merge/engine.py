@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
+from mergezoo.merge.buffers import BufferRing
 from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
 from mergezoo.merge.registry import MergeInputs, MergeMethod, get_method
 from mergezoo.merge.sources import TensorSource
@@ -35,6 +36,8 @@ from mergezoo.merge.writer import ShardedSafetensorsWriter, atomic_output_dir
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_PROBLEMS = 20
+# Output dtypes with a narrower exponent range than float32 (bfloat16 has float32's).
+NARROW_DTYPES = (torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @dataclass
@@ -112,10 +115,13 @@ def _specialize(spec: MergeMethod, kwargs: dict[str, Any], key: str, position: f
     return out
 
 
-def _first_bad_input(key: str, labels: list[str], tensors: list[torch.Tensor]) -> str | None:
-    for label, t in zip(labels, tensors):
+def _first_bad_input(key: str, sources: list[TensorSource]) -> str | None:
+    """The input whose tensor `key` holds NaN or Inf, read afresh (the engine's copies have
+    been worked on in place by then)."""
+    for src in sources:
+        t = src.get(key)
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return label
+            return src.label
     return None
 
 
@@ -149,22 +155,24 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     # The base is read only by methods that use it (average uses it as a template at most).
     use_base = base is not None and bool(spec.needs.base)
     inputs = ([base] if use_base else []) + list(models)
-    labels = [s.label for s in inputs]
     plan = {}
     for key in keys:
         in_dtype = reference.dtype(key)
         floating = in_dtype.is_floating_point
         plan[key] = (tuple(reference.shape(key)), out_dtype if (floating and out_dtype) else in_dtype)
 
-    def load(key: str) -> list[torch.Tensor]:
+    in_ring = BufferRing(slots=len(inputs))
+
+    def load(key: str, turn: int) -> list[torch.Tensor]:
         """Runs on the reader thread. safetensors maps files into memory and returns views of
         the mapping, so the disk is read when the bytes are first touched: copying here (into
-        the compute dtype, on CPU; into pinned memory, for CUDA) moves that reading off the
-        compute thread, and gives the engine tensors it owns and may change in place."""
+        reused compute-dtype buffers, on CPU; into pinned memory, for CUDA) moves that reading
+        off the compute thread, and gives the engine tensors it owns and may change in place."""
         if not reference.dtype(key).is_floating_point:
             return [reference.get(key)]
         if dev.type == "cpu":
-            return [src.get(key).to(dtype, copy=True) for src in inputs]
+            return [in_ring.take(turn, slot, plan[key][0], dtype).copy_(src.get(key))
+                    for slot, src in enumerate(inputs)]
         return [src.get(key).pin_memory() for src in inputs]
 
     def to_inputs(key: str, tensors: list[torch.Tensor]) -> MergeInputs:
@@ -181,10 +189,11 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-read")
 
     def prefetched(order: list[str]) -> Iterator[tuple[str, list[torch.Tensor]]]:
-        pending = reader.submit(load, order[0]) if order else None
+        # Two buffer sets: the reader fills set i+1 while tensor i is merged from set i.
+        pending = reader.submit(load, order[0], 0) if order else None
         for i, key in enumerate(order):
             tensors = pending.result()
-            pending = reader.submit(load, order[i + 1]) if i + 1 < len(order) else None
+            pending = reader.submit(load, order[i + 1], i + 1) if i + 1 < len(order) else None
             yield key, tensors
 
     def stream() -> Iterator[MergeInputs]:
@@ -207,9 +216,10 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                            desc=f"merge {spec.name}")
                 last_write = None
                 n_params = 0
-                for key, tensors in prefetched(keys):
+                out_ring = BufferRing(slots=1)  # one output being written, one being merged
+                for i, (key, tensors) in enumerate(prefetched(keys)):
                     merged = _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines,
-                                        state, plan[key][1], labels)
+                                        state, out_ring.take(i, 0, *plan[key]), inputs)
                     n_params += merged.numel()
                     if last_write is not None:
                         last_write.result()
@@ -235,10 +245,11 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     return result
 
 
-def _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines, state, out_dtype,
-               labels) -> torch.Tensor:
+def _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines, state,
+               out: torch.Tensor, sources: list[TensorSource]) -> torch.Tensor:
+    """Merge one tensor into `out` (a CPU buffer of the output's shape and dtype)."""
     if not tensors[0].is_floating_point():  # integer buffers are copied from the reference
-        return tensors[0]
+        return out.copy_(tensors[0])
     x = to_inputs(key, tensors)
     if state is not None:
         x.state = state
@@ -250,17 +261,19 @@ def _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines, state, o
     if spec.returns == "delta":
         scale = lines.scale(positions[key]) if lines else 1.0
         merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(x.base)
-    merged = merged.to(out_dtype)
     # One reduction finds any NaN or Inf (they poison the sum); only a non-finite sum, which
     # can also come from overflow of finite values, pays for the exact element-wise check.
-    if not bool(torch.isfinite(merged.sum(dtype=torch.float32))) and \
-            not bool(torch.isfinite(merged).all()):
-        culprit = _first_bad_input(key, labels, tensors)
+    finite = bool(torch.isfinite(merged.sum()))
+    out.copy_(merged)
+    if finite and out.dtype in NARROW_DTYPES:  # these can overflow in the cast
+        finite = bool(torch.isfinite(out.sum(dtype=torch.float32)))
+    if not finite and not bool(torch.isfinite(out).all() and torch.isfinite(merged).all()):
+        culprit = _first_bad_input(key, sources)
         if culprit:
             raise BadTensorError(f"{culprit}: tensor '{key}' contains NaN or Inf values")
         raise BadTensorError(f"tensor '{key}': the merge produced NaN or Inf values "
-                             f"(overflow in {out_dtype}?)")
-    return merged
+                             f"(overflow in {out.dtype}?)")
+    return out
 
 
 def copy_model_files(src: Path, dst: Path, *, skip_weights_in: set[str] | None = None) -> None:

@@ -28,7 +28,9 @@ def average(x: MergeInputs, *, weight: list[float] = 1.0, normalize: bool = True
     total = sum(weight)
     if normalize and abs(total) < 1e-8:
         raise ValueError("the model weights sum to zero; cannot normalize")
-    merged = torch.zeros_like(x.models[0])
-    for model, w in zip(x.models, weight):  # accumulate: no stacked copy of every model
+    first = x.models[0]
+    merged = (first.mul_(weight[0]) if x.owned else first * weight[0]) if weight[0] != 1 else \
+        (first if x.owned else first.clone())
+    for model, w in zip(x.models[1:], weight[1:]):  # accumulate: no stacked copy of the models
         merged.add_(model, alpha=w)
     return merged.div_(total) if normalize else merged
