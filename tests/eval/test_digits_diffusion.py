@@ -92,3 +92,33 @@ def test_rebuild_gives_identical_hashes(diffusion_tiny, tmp_path):
                       sanity=False)
     first = {k: v for k, v in hash_tree(zoo.root).items() if k != "sanity.json"}
     assert hash_tree(again.root) == first
+
+
+def test_lora_experts_merge_with_the_engine_like_peft(diffusion_tiny, tmp_path):
+    """The zoo's PEFT LoRA experts go through the merge engine as full deltas: task arithmetic
+    of one expert at lambda 1 equals PEFT's own merge_and_unload, and a merge of every expert
+    loads with diffusers and is scored by the benchmark."""
+    from diffusers import UNet2DConditionModel
+    from peft import PeftModel
+
+    from mergezoo.merge import merge_models
+
+    bench, zoo = diffusion_tiny
+    base_dir = zoo.model_path("base")
+    expert = zoo.model_path("expert", "group0-inverted", seed=0)
+    single = merge_models("task_arithmetic", [expert], base=base_dir, out_dir=tmp_path / "one",
+                          progress=False)
+    assert single.files == ["diffusion_pytorch_model.safetensors"]
+    ours = UNet2DConditionModel.from_pretrained(str(tmp_path / "one")).state_dict()
+    peft_merged = PeftModel.from_pretrained(UNet2DConditionModel.from_pretrained(str(base_dir)),
+                                            str(expert)).merge_and_unload().state_dict()
+    assert ours.keys() == peft_merged.keys()
+    for key, value in peft_merged.items():
+        torch.testing.assert_close(ours[key], value, atol=1e-5, rtol=1e-5)
+
+    experts = [m.path for m in zoo.models("expert") if m.seed == 0]
+    merged = merge_models("ties", experts, base=base_dir, out_dir=tmp_path / "all",
+                          params={"density": 0.5}, progress=False)
+    scores = bench.evaluate(merged.out_dir, split="test")
+    assert set(scores) == {c.name for c in bench.cells}
+    assert all(0.0 <= s <= 1.0 for s in scores.values())

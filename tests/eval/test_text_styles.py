@@ -93,3 +93,25 @@ def test_rebuild_gives_identical_hashes(text_tiny, tmp_path):
                       sanity=False)
     first = {k: v for k, v in hash_tree(zoo.root).items() if k != "sanity.json"}
     assert hash_tree(again.root) == first
+
+
+def test_experts_merge_into_a_loadable_sentence_encoder(text_tiny, tmp_path):
+    """The full fine-tuned experts merge with the engine (tokenizer and pooling files come
+    along from the base), and the merge is scored on every cell."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from mergezoo.merge import merge_models
+
+    bench, zoo = text_tiny
+    base = zoo.model_path("base")
+    experts = [m.path for m in zoo.models("expert") if m.seed == 0]
+    result = merge_models("task_arithmetic", experts, base=base, out_dir=tmp_path / "ta",
+                          params={"lambda": 0.5}, progress=False)
+    out = result.out_dir
+    AutoTokenizer.from_pretrained(out)
+    merged = AutoModel.from_pretrained(out).state_dict()
+    original = AutoModel.from_pretrained(base).state_dict()
+    assert any(not (merged[k] == original[k]).all() for k in merged)
+    scores = bench.evaluate(out, split="test")
+    assert set(scores) == {c.name for c in bench.cells}
+    assert all(0.0 <= s <= 1.0 for s in scores.values())
