@@ -20,9 +20,8 @@ import torch
 from safetensors import safe_open
 
 from mergezoo.errors import ModelNotFoundError, UnsafeCheckpointError
+from mergezoo.zoo.manifest import WEIGHT_STEMS  # the file stems transformers/diffusers/peft use
 
-# File stems that transformers, diffusers and peft save weights under, in order of preference.
-WEIGHT_STEMS = ("model", "diffusion_pytorch_model", "adapter_model", "pytorch_lora_weights")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 PICKLE_STEMS = {"pytorch_model": "model", "diffusion_pytorch_model": "diffusion_pytorch_model",
                 "adapter_model": "adapter_model"}

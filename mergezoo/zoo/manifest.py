@@ -19,6 +19,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from huggingface_hub import ModelCard, hf_hub_download
 
@@ -194,14 +195,8 @@ def inspect_hub(ref: ModelRef | str, *, token: str | None = None,
         for name in component_names(kind, files):
             if components is not None and name and name not in components:
                 continue
-            comp = Component(name=name, config=load_json(f"{name}/config.json") if name else
-                             manifest.config)
-            safetensors, comp.pickle_files, index = weight_files_of(files, name)
-            if index is not None:
-                index_data = load_json(index) or {}
-                safetensors = sorted(set((index_data.get("weight_map") or {}).values()))
-                safetensors = [f"{name}/{f}" if name else f for f in safetensors]
-            comp.weight_files = safetensors
+            comp = _component(name, files, manifest, load_json)
+            safetensors = comp.weight_files
             if not read_headers:
                 pass
             elif name == "" and ("model.safetensors" in files or
@@ -241,18 +236,26 @@ def inspect_local(path: str | Path, label: str | None = None) -> ModelManifest:
                              adapter_config=load_json("adapter_config.json"),
                              model_index=load_json("model_index.json"), card=card)
     for name in component_names(kind, files):
-        comp = Component(name=name, config=load_json(f"{name}/config.json") if name else
-                         manifest.config)
-        safetensors, comp.pickle_files, index = weight_files_of(files, name)
-        if index is not None:
-            index_data = load_json(index) or {}
-            safetensors = sorted(set((index_data.get("weight_map") or {}).values()))
-            safetensors = [f"{name}/{f}" if name else f for f in safetensors]
-        comp.weight_files = safetensors
-        for filename in safetensors:
+        comp = _component(name, files, manifest, load_json)
+        for filename in comp.weight_files:
             comp.tensors.update(read_local_header(root / filename, f"{label}: {filename}"))
         manifest.components[name] = comp
     return manifest
+
+
+def _component(name: str, files: list[str], manifest: ModelManifest,
+               load_json: Callable[[str], dict | None]) -> Component:
+    """A component (the model itself, or a diffusers sub-folder) with its config and weight
+    files (the shards an index names, when there is one); tensors are filled in by the caller."""
+    comp = Component(name=name, config=load_json(f"{name}/config.json") if name else
+                     manifest.config)
+    safetensors, comp.pickle_files, index = weight_files_of(files, name)
+    if index is not None:
+        index_data = load_json(index) or {}
+        safetensors = sorted(set((index_data.get("weight_map") or {}).values()))
+        safetensors = [f"{name}/{f}" if name else f for f in safetensors]
+    comp.weight_files = safetensors
+    return comp
 
 
 def read_local_header(path: Path, label: str) -> dict[str, TensorMeta]:
