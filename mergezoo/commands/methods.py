@@ -66,4 +66,7 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    print("\nLiNeS layer scaling (--lines ALPHA,BETA, https://arxiv.org/abs/2410.17146) applies to "
+          "every method whose output is a task vector: "
+          + ", ".join(m.name for m in methods if m.returns == "delta") + ".")
     return 0
