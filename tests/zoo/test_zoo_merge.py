@@ -142,3 +142,25 @@ def test_diffusers_lora_file_is_checked_against_the_base_kind(hub, tiny, tmp_pat
     with pytest.raises(IncompatibleModelsError, match="org/unet-lora: a diffusers LoRA file, but "
                                                       "org/llama is a full model"):
         validate_experts(["org/unet-lora"], base="org/llama")
+
+
+def test_recipe_names_experts_by_tag_and_records_the_ids(hub, tiny, tmp_path):
+    """`experts: {tag, base}` in a recipe is resolved on the Hub to the tagged full experts
+    (not the LoRA ones, which lack the tag), merged like the same repo IDs given by hand, and
+    the recipe written beside the merge lists the resolved IDs."""
+    from mergezoo.merge import MergeRecipe, run_recipe
+
+    ids = seed_llama_zoo(hub.state, tiny)
+    recipe = MergeRecipe.from_yaml(f"""
+merge_method: task_arithmetic
+base_model: {ids['base']}
+experts: {{tag: mergezoo-expert, base: {ids['base']}}}
+parameters: {{lambda: 0.5}}
+""")
+    by_tag = run_recipe(recipe, out_dir=tmp_path / "by-tag", progress=False)
+    by_id = merge_models("task_arithmetic", [ids["expert0"], ids["expert1"]], base=ids["base"],
+                         out_dir=tmp_path / "by-id", params={"lambda": 0.5}, progress=False)
+    assert by_tag.sha256 == by_id.sha256
+    written = MergeRecipe.from_file(tmp_path / "by-tag" / "mergezoo_recipe.yaml")
+    assert [m.model for m in written.models] == [ids["expert0"], ids["expert1"]]
+    assert written.experts is None
