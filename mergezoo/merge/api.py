@@ -203,8 +203,10 @@ def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, ove
         try:
             result = run_recipe(full, out_dir=scratch / "merged", device=device,
                                 progress=progress, allow_pickle=allow_pickle)
-            base = resolve_model(recipe.base_model, allow_pickle=allow_pickle).path
             merged = scratch / "merged"
+            # The merge already resolved (and for Hub repos pulled) the base: reuse its path.
+            provenance = json.loads((merged / PROVENANCE_FILE).read_text())
+            base = Path(provenance["base_model"]["path"])
             if recipe.component:
                 base, merged = base / recipe.component, merged / recipe.component
             report = extract_lora(merged, base, tmp / "adapter", recipe.rank,
@@ -213,7 +215,7 @@ def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, ove
                 f.rename(tmp / f.name)
             (tmp / "adapter").rmdir()
             (tmp / RECIPE_FILE).write_text(recipe.to_yaml())
-            shutil.copy2(scratch / "merged" / PROVENANCE_FILE, tmp / PROVENANCE_FILE)
+            (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     result.out_dir = out

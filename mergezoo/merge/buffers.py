@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -29,9 +31,7 @@ class BufferRing:
         self._buffers: list[list[torch.Tensor | None]] = [[None] * slots for _ in range(depth)]
 
     def take(self, turn: int, slot: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         row = self._buffers[turn % self.depth]
         buf = row[slot]
         if buf is None or buf.dtype != dtype or buf.numel() < n:

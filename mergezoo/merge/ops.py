@@ -64,7 +64,7 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | No
 
 
 def _magnitude_chunk(flat: torch.Tensor, part: slice) -> torch.Tensor:
-    return flat[part].abs().to(torch.float32).view(torch.int32)
+    return magnitude_bits(flat[part])
 
 
 def _bracketed_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tuple[int, int] | None:
@@ -72,7 +72,7 @@ def _bracketed_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tupl
     pass counts the entries above the bracket and gathers those inside it (about 1% of them),
     where an exact selection finishes. None when the sample's bracket misses the threshold."""
     n = flat.numel()
-    sample = flat[:: max(1, n // 65536)].abs().to(torch.float32).view(torch.int32)
+    sample = magnitude_bits(flat[:: max(1, n // 65536)])
     m = sample.numel()
     rank = k / n * m
     margin = int(4 * (rank * (1 - k / n)) ** 0.5) + 16
@@ -109,7 +109,7 @@ def top_k_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tuple[int
     """(threshold, ties): the k-th largest magnitude of `flat` as float32 bits, and how many
     entries equal to it belong to the top k (the rest of the top k is strictly above it)."""
     if flat.numel() <= SMALL:  # a plain selection beats histograms and sampling here
-        bits = flat.abs().to(torch.float32).view(torch.int32)
+        bits = magnitude_bits(flat)
         threshold = int(torch.kthvalue(bits, bits.numel() - k + 1).values)
         return threshold, k - int(torch.count_nonzero(bits > threshold))
     return _bracketed_threshold(flat, k, parts) or _radix_threshold(flat, k, parts)
@@ -192,20 +192,6 @@ def drop_outliers_and_small(delta: torch.Tensor, density: float, gamma: float) -
     if n_top:
         keep &= ~top_k_mask(delta, n_top)
     return delta * keep
-
-
-def elect_sign(weighted_deltas: torch.Tensor, rule: str = "sum") -> torch.Tensor:
-    """TIES sign election over a [N, ...] stack: +1 or -1 per entry.
-
-    `sum`: the sign of the total mass (TIES); `count`: the sign most experts have. Ties go to +1.
-    """
-    if rule == "sum":
-        total = weighted_deltas.sum(dim=0)
-    elif rule == "count":
-        total = weighted_deltas.sign().sum(dim=0)
-    else:
-        raise ValueError(f"unknown sign election rule {rule!r}")
-    return torch.where(total >= 0, 1.0, -1.0).to(weighted_deltas.dtype)
 
 
 def _signed(delta: torch.Tensor, weight: float) -> torch.Tensor:

@@ -20,9 +20,8 @@ import torch
 from safetensors import safe_open
 
 from mergezoo.errors import ModelNotFoundError, UnsafeCheckpointError
-from mergezoo.zoo.manifest import WEIGHT_STEMS  # the file stems transformers/diffusers/peft use
+from mergezoo.zoo.manifest import PICKLE_SUFFIXES, weight_files_of
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 PICKLE_STEMS = {"pytorch_model": "model", "diffusion_pytorch_model": "diffusion_pytorch_model",
                 "adapter_model": "adapter_model"}
 
@@ -100,23 +99,21 @@ class StateDictSource:
 
 
 def find_weight_files(folder: Path) -> tuple[str, list[Path], bool]:
-    """Return (stem, files, is_pickle) for the weights in `folder`, preferring safetensors."""
-    for stem in WEIGHT_STEMS:
-        index = folder / f"{stem}.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            return stem, [folder / name for name in dict.fromkeys(weight_map.values())], False
-        single = folder / f"{stem}.safetensors"
-        if single.is_file():
-            return stem, [single], False
-    loose = sorted(folder.glob("*.safetensors"))
-    if loose:
-        return loose[0].name.split("-0")[0].removesuffix(".safetensors"), loose, False
-    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    """Return (stem, files, is_pickle) for the weights in `folder`, preferring safetensors (and
+    an index over a single file), by the same rule the zoo validates Hub repos with."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    safetensors, pickles, index = weight_files_of(names)
+    if index is not None:
+        weight_map = json.loads((folder / index).read_text())["weight_map"]
+        files = [folder / name for name in dict.fromkeys(weight_map.values())]
+        return index.removesuffix(".safetensors.index.json"), files, False
+    if safetensors:
+        stem = safetensors[0].split("-0")[0].removesuffix(".safetensors")
+        return stem, [folder / name for name in safetensors], False
     if pickles:
-        stem = pickles[0].name.split("-0")[0].rsplit(".", 1)[0]
+        stem = pickles[0].split("-0")[0].rsplit(".", 1)[0]
         # transformers' pytorch_model.bin becomes model.safetensors; diffusers keeps its stem.
-        return PICKLE_STEMS.get(stem, stem), pickles, True
+        return PICKLE_STEMS.get(stem, stem), [folder / name for name in pickles], True
     raise ModelNotFoundError(f"no weights (*.safetensors, or *.bin/*.pt) in {folder}")
 
 
