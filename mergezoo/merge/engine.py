@@ -30,6 +30,8 @@ from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
 from mergezoo.merge.buffers import BufferRing
 from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
 from mergezoo.merge.registry import MergeInputs, MergeMethod, get_method
+from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
+from mergezoo.merge.threads import torch_threads
 from mergezoo.merge.sources import TensorSource
 from mergezoo.merge.writer import ShardedSafetensorsWriter, atomic_output_dir
 
@@ -161,119 +163,171 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
         floating = in_dtype.is_floating_point
         plan[key] = (tuple(reference.shape(key)), out_dtype if (floating and out_dtype) else in_dtype)
 
+    # Element-wise methods merge on CPU slice by slice from the inputs' own dtype; the others
+    # get whole tensors converted to the compute dtype as they are read.
+    sliced = spec.elementwise and dev.type == "cpu"
+    merger = _TensorMerger(spec=spec, kwargs=kwargs, positions=positions, lines=lines, dev=dev,
+                           dtype=dtype, use_base=use_base, seed=seed, sources=inputs,
+                           sliced=sliced)
     in_ring = BufferRing(slots=len(inputs))
 
-    def load(key: str, turn: int) -> list[torch.Tensor]:
+    def load(key: str, turn: int, whole: bool) -> list[torch.Tensor]:
         """Runs on the reader thread. safetensors maps files into memory and returns views of
         the mapping, so the disk is read when the bytes are first touched: copying here (into
-        reused compute-dtype buffers, on CPU; into pinned memory, for CUDA) moves that reading
-        off the compute thread, and gives the engine tensors it owns and may change in place."""
+        reused buffers, on CPU; into pinned memory, for CUDA) moves that reading off the
+        compute thread, and gives the engine tensors it owns and may change in place."""
         if not reference.dtype(key).is_floating_point:
             return [reference.get(key)]
-        if dev.type == "cpu":
-            return [in_ring.take(turn, slot, plan[key][0], dtype).copy_(src.get(key))
-                    for slot, src in enumerate(inputs)]
-        return [src.get(key).pin_memory() for src in inputs]
-
-    def to_inputs(key: str, tensors: list[torch.Tensor]) -> MergeInputs:
-        on_device = [t.to(dev, dtype=dtype, non_blocking=True) for t in tensors]
-        b = on_device[0] if use_base else None
-        ms = on_device[1:] if use_base else on_device
-        gen = None
-        if spec.random:
-            gen = torch.Generator(device=dev)
-            gen.manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
-        return MergeInputs(key=key, base=b, models=ms, generator=gen, owned=True)
+        if dev.type != "cpu":
+            return [src.get(key).pin_memory() for src in inputs]
+        return [in_ring.take(turn, slot, plan[key][0], dtype if whole else src.dtype(key))
+                .copy_(src.get(key)) for slot, src in enumerate(inputs)]
 
     float_keys = [k for k in keys if reference.dtype(k).is_floating_point]
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-read")
 
-    def prefetched(order: list[str]) -> Iterator[tuple[str, list[torch.Tensor]]]:
+    def prefetched(order: list[str], whole: bool) -> Iterator[tuple[str, list[torch.Tensor]]]:
         # Two buffer sets: the reader fills set i+1 while tensor i is merged from set i.
-        pending = reader.submit(load, order[0], 0) if order else None
+        pending = reader.submit(load, order[0], 0, whole) if order else None
         for i, key in enumerate(order):
             tensors = pending.result()
-            pending = reader.submit(load, order[i + 1], i + 1) if i + 1 < len(order) else None
+            pending = (reader.submit(load, order[i + 1], i + 1, whole)
+                       if i + 1 < len(order) else None)
             yield key, tensors
 
     def stream() -> Iterator[MergeInputs]:
-        for key, tensors in prefetched(float_keys):
-            yield to_inputs(key, tensors)
+        for key, tensors in prefetched(float_keys, whole=True):
+            yield merger.inputs(key, tensors)
 
     start = time.perf_counter()
+    # Slice-by-slice merging runs on one intra-op thread (see `torch_threads`): cache-sized
+    # operations gain little from more, and the other cores serve the reader and the writer.
+    # A per-tensor pass (one task vector each) runs on as many threads as torch had.
+    if sliced and spec.per_tensor and torch.get_num_threads() > 1:
+        merger.pool = ThreadPoolExecutor(max_workers=torch.get_num_threads(),
+                                         thread_name_prefix="mergezoo-compute")
     try:
-        state = spec.prepare(stream, kwargs) if spec.prepare else None
-        with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-            if prepare_output:
-                prepare_output(tmp)
-            folder = tmp / weights_subdir if weights_subdir else tmp
-            folder.mkdir(parents=True, exist_ok=True)
-            stem = weights_stem or getattr(reference, "weights_stem", "model")
-            writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-write")
-            with ShardedSafetensorsWriter(folder, stem, plan, max_shard_size,
-                                          metadata={"merged_by": "mergezoo"}) as writer:
-                bar = tqdm(total=len(keys), unit="tensor", disable=not progress,
-                           desc=f"merge {spec.name}")
-                last_write = None
-                n_params = 0
-                out_ring = BufferRing(slots=1)  # one output being written, one being merged
-                for i, (key, tensors) in enumerate(prefetched(keys)):
-                    merged = _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines,
-                                        state, out_ring.take(i, 0, *plan[key]), inputs)
-                    n_params += merged.numel()
+        with torch_threads(1 if sliced else None):
+            merger.state = spec.prepare(stream, kwargs) if spec.prepare else None
+            with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+                if prepare_output:
+                    prepare_output(tmp)
+                folder = tmp / weights_subdir if weights_subdir else tmp
+                folder.mkdir(parents=True, exist_ok=True)
+                stem = weights_stem or getattr(reference, "weights_stem", "model")
+                writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-write")
+                with ShardedSafetensorsWriter(folder, stem, plan, max_shard_size,
+                                              metadata={"merged_by": "mergezoo"}) as writer:
+                    bar = tqdm(total=len(keys), unit="tensor", disable=not progress,
+                               desc=f"merge {spec.name}")
+                    last_write = None
+                    n_params = 0
+                    out_ring = BufferRing(slots=1)  # one output being written, one being merged
+                    for i, (key, tensors) in enumerate(prefetched(keys, whole=not sliced)):
+                        merged = merger.merge(key, tensors, out_ring.take(i, 0, *plan[key]))
+                        n_params += merged.numel()
+                        if last_write is not None:
+                            last_write.result()
+                        last_write = writer_pool.submit(writer.write, key, merged)
+                        bar.update(1)
                     if last_write is not None:
                         last_write.result()
-                    last_write = writer_pool.submit(writer.write, key, merged)
-                    bar.update(1)
-                if last_write is not None:
-                    last_write.result()
-                bar.close()
-                writer_pool.shutdown()
-                files = writer.finish()
-                sha = dict(writer.sha256)
-            prefix = f"{weights_subdir}/" if weights_subdir else ""
-            result = MergeResult(out_dir=Path(out_dir), method=spec.name,
-                                 files=[prefix + f for f in files],
-                                 sha256={prefix + k: v for k, v in sha.items()},
-                                 n_tensors=len(keys), n_parameters=n_params, seconds=0.0,
-                                 device=str(dev), hyperparameters=kwargs)
-            if finalize_output:
-                finalize_output(tmp, result)
+                    bar.close()
+                    writer_pool.shutdown()
+                    files = writer.finish()
+                    sha = dict(writer.sha256)
+                prefix = f"{weights_subdir}/" if weights_subdir else ""
+                result = MergeResult(out_dir=Path(out_dir), method=spec.name,
+                                     files=[prefix + f for f in files],
+                                     sha256={prefix + k: v for k, v in sha.items()},
+                                     n_tensors=len(keys), n_parameters=n_params, seconds=0.0,
+                                     device=str(dev), hyperparameters=kwargs)
+                if finalize_output:
+                    finalize_output(tmp, result)
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
+        if merger.pool is not None:
+            merger.pool.shutdown(wait=True)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _merge_one(spec, kwargs, key, tensors, to_inputs, positions, lines, state,
-               out: torch.Tensor, sources: list[TensorSource]) -> torch.Tensor:
-    """Merge one tensor into `out` (a CPU buffer of the output's shape and dtype)."""
-    if not tensors[0].is_floating_point():  # integer buffers are copied from the reference
-        return out.copy_(tensors[0])
-    x = to_inputs(key, tensors)
-    if state is not None:
-        x.state = state
-    hp = _specialize(spec, kwargs, key, positions[key])
-    try:
-        merged = spec.fn(x, **hp)
-    except (ValueError, RuntimeError) as err:
-        raise IncompatibleModelsError(f"tensor '{key}': {spec.name} failed: {err}") from err
-    if spec.returns == "delta":
-        scale = lines.scale(positions[key]) if lines else 1.0
-        merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(x.base)
-    # One reduction finds any NaN or Inf (they poison the sum); only a non-finite sum, which
-    # can also come from overflow of finite values, pays for the exact element-wise check.
-    finite = bool(torch.isfinite(merged.sum()))
-    out.copy_(merged)
-    if finite and out.dtype in NARROW_DTYPES:  # these can overflow in the cast
-        finite = bool(torch.isfinite(out.sum(dtype=torch.float32)))
-    if not finite and not bool(torch.isfinite(out).all() and torch.isfinite(merged).all()):
-        culprit = _first_bad_input(key, sources)
-        if culprit:
-            raise BadTensorError(f"{culprit}: tensor '{key}' contains NaN or Inf values")
-        raise BadTensorError(f"tensor '{key}': the merge produced NaN or Inf values "
-                             f"(overflow in {out.dtype}?)")
-    return out
+@dataclass
+class _TensorMerger:
+    """Merges one tensor at a time with a resolved method, on the engine's device."""
+
+    spec: MergeMethod
+    kwargs: dict[str, Any]
+    positions: dict[str, float]
+    lines: LiNeS | None
+    dev: torch.device
+    dtype: torch.dtype
+    use_base: bool
+    seed: int
+    sources: list[TensorSource]  # base first when used, as the tensors passed in
+    sliced: bool  # element-wise, slice by slice, from the inputs' own dtype (CPU)
+    state: Any = None  # what the method's `prepare` pass returned
+    scratch: list[torch.Tensor] | None = None
+    pool: ThreadPoolExecutor | None = None  # compute threads for a method's per-tensor pass
+
+    def generators(self, key: str, n_models: int) -> list[torch.Generator] | None:
+        """For random methods, a generator per model seeded from the merge seed, the tensor's
+        name and the model's index: each draw is reproducible whatever else is merged, and
+        whether the tensor is merged whole or slice by slice."""
+        if not self.spec.random:
+            return None
+        tensor_seed = self.seed * 1_000_003 + zlib.crc32(key.encode())
+        return [torch.Generator(device=self.dev).manual_seed((tensor_seed + 7919 * i) % (2**63))
+                for i in range(n_models)]
+
+    def inputs(self, key: str, tensors: list[torch.Tensor]) -> MergeInputs:
+        on_device = [t.to(self.dev, dtype=self.dtype, non_blocking=True) for t in tensors]
+        base = on_device[0] if self.use_base else None
+        models = on_device[1:] if self.use_base else on_device
+        return MergeInputs(key=key, base=base, models=models,
+                           generators=self.generators(key, len(models)),
+                           state=self.state, owned=True)
+
+    def merge(self, key: str, tensors: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        """Merge one tensor into `out` (a CPU buffer of the output's shape and dtype)."""
+        if not tensors[0].is_floating_point():  # integer buffers are copied from the reference
+            return out.copy_(tensors[0])
+        hp = _specialize(self.spec, self.kwargs, key, self.positions[key])
+        scale = self.lines.scale(self.positions[key]) if self.lines else 1.0
+        try:
+            if self.sliced:
+                if self.scratch is None:
+                    self.scratch = new_scratch(len(tensors), self.dtype)
+                view = SlicedTensor(key, tensors, has_base=self.use_base, dtype=self.dtype,
+                                    scratch=self.scratch, pool=self.pool)
+                finite = merge_sliced(self.spec, hp, view, out,
+                                      generators=self.generators(key, view.n_models),
+                                      state=self.state, scale=scale)
+            else:
+                finite = self._merge_whole(key, tensors, hp, scale, out)
+        except (ValueError, RuntimeError) as err:
+            raise IncompatibleModelsError(f"tensor '{key}': {self.spec.name} failed: {err}") from err
+        if finite and out.dtype in NARROW_DTYPES:  # these can overflow in the cast
+            finite = bool(torch.isfinite(out.sum(dtype=torch.float32)))
+        if not finite and not bool(torch.isfinite(out).all()):
+            culprit = _first_bad_input(key, self.sources)
+            if culprit:
+                raise BadTensorError(f"{culprit}: tensor '{key}' contains NaN or Inf values")
+            raise BadTensorError(f"tensor '{key}': the merge produced NaN or Inf values "
+                                 f"(overflow in {out.dtype}?)")
+        return out
+
+    def _merge_whole(self, key: str, tensors: list[torch.Tensor], hp: dict[str, Any],
+                     scale: float, out: torch.Tensor) -> bool:
+        x = self.inputs(key, tensors)
+        merged = self.spec.fn(x, **hp)
+        if self.spec.returns == "delta":
+            merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(x.base)
+        # One reduction finds any NaN or Inf (they poison the sum); only a non-finite sum,
+        # which can also come from overflow of finite values, pays for an exact check.
+        finite = bool(torch.isfinite(merged.sum()))
+        out.copy_(merged)
+        return finite or bool(torch.isfinite(merged).all())
 
 
 def copy_model_files(src: Path, dst: Path, *, skip_weights_in: set[str] | None = None) -> None:

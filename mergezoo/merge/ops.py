@@ -11,7 +11,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Iterator
+import struct
+from typing import Callable, Iterator
 
 import torch
 
@@ -40,6 +41,11 @@ def magnitude_bits(values: torch.Tensor) -> torch.Tensor:
     return values.abs().to(torch.float32).reshape(-1).view(torch.int32)
 
 
+def float_of_bits(bits: int) -> float:
+    """The float32 whose bit pattern is `bits` (the inverse of `magnitude_bits`)."""
+    return struct.unpack("<f", struct.pack("<i", bits))[0]
+
+
 def kept_count(numel: int, density: float) -> int:
     """How many entries a trim to `density` keeps: int(density * n), as mergekit does, but >= 1."""
     return max(1, int(density * numel))
@@ -63,16 +69,15 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | No
     return delta.mul_(keep) if owned else delta * keep
 
 
-def _magnitude_chunk(flat: torch.Tensor, part: slice) -> torch.Tensor:
-    return magnitude_bits(flat[part])
+Magnitudes = Callable[[slice], torch.Tensor]  # a slice of a flat tensor -> its magnitude bits
 
 
-def _bracketed_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tuple[int, int] | None:
-    """Fast path of `top_k_threshold`: bracket the threshold with a strided sample, then one
-    pass counts the entries above the bracket and gathers those inside it (about 1% of them),
-    where an exact selection finishes. None when the sample's bracket misses the threshold."""
-    n = flat.numel()
-    sample = magnitude_bits(flat[:: max(1, n // 65536)])
+def _bracketed_threshold(bits_of: Magnitudes, n: int, k: int,
+                         parts: list[slice]) -> tuple[int, int] | None:
+    """Fast path of `top_k_cut`: bracket the threshold with a strided sample, then one pass
+    counts the entries above the bracket and gathers those inside it (about 1% of them), where
+    an exact selection finishes. None when the sample's bracket misses the threshold."""
+    sample = bits_of(slice(0, n, max(1, n // 65536)))
     m = sample.numel()
     rank = k / n * m
     margin = int(4 * (rank * (1 - k / n)) ** 0.5) + 16
@@ -81,7 +86,7 @@ def _bracketed_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tupl
     low = int(ordered[min(m - 1, int(rank) + margin)])
     above, inside = 0, []
     for part in parts:
-        b = _magnitude_chunk(flat, part)
+        b = bits_of(part)
         above += int(torch.count_nonzero(b > high))
         inside.append(b[(b >= low) & (b <= high)])
     candidates = torch.cat(inside)
@@ -92,27 +97,69 @@ def _bracketed_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tupl
     return threshold, need - int(torch.count_nonzero(candidates > threshold))
 
 
-def _radix_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tuple[int, int]:
-    high = torch.zeros(BUCKETS, dtype=torch.int64, device=flat.device)
+def _radix_threshold(bits_of: Magnitudes, k: int, parts: list[slice],
+                     device: torch.device) -> tuple[int, int]:
+    high = torch.zeros(BUCKETS, dtype=torch.int64, device=device)
     for part in parts:
-        high += torch.bincount(_magnitude_chunk(flat, part) >> 16, minlength=BUCKETS)
+        high += torch.bincount(bits_of(part) >> 16, minlength=BUCKETS)
     bucket, rank = bucket_of_kth(high, k)
     low = torch.zeros_like(high)
     for part in parts:
-        b = _magnitude_chunk(flat, part)
+        b = bits_of(part)
         low += torch.bincount(b[(b >> 16) == bucket] & 0xFFFF, minlength=BUCKETS)
     low_bits, _ = bucket_of_kth(low, rank)
     return (bucket << 16) | low_bits, k - int(high[bucket + 1:].sum()) - int(low[low_bits + 1:].sum())
 
 
-def top_k_threshold(flat: torch.Tensor, k: int, parts: list[slice]) -> tuple[int, int]:
-    """(threshold, ties): the k-th largest magnitude of `flat` as float32 bits, and how many
-    entries equal to it belong to the top k (the rest of the top k is strictly above it)."""
-    if flat.numel() <= SMALL:  # a plain selection beats histograms and sampling here
-        bits = magnitude_bits(flat)
-        threshold = int(torch.kthvalue(bits, bits.numel() - k + 1).values)
-        return threshold, k - int(torch.count_nonzero(bits > threshold))
-    return _bracketed_threshold(flat, k, parts) or _radix_threshold(flat, k, parts)
+class TopKCut:
+    """The `k` largest magnitudes of a flat tensor of `n` entries (ties broken by position), as
+    a cut that is applied slice by slice: entries above `threshold` (float32 bits of a
+    magnitude) are kept, and of those equal to it, the first `ties` in position order. Slices
+    must be cut in order, each once.
+
+    `bits_of(part)` gives the magnitude bits of any slice of the tensor, strided ones too, so
+    the tensor itself need not exist in memory: the engine computes task-vector slices on the
+    fly from the inputs.
+
+    Example:
+        >>> flat = torch.tensor([0.5, -2.0, 0.5, 1.0])
+        >>> cut = TopKCut.find(lambda part: magnitude_bits(flat[part]), 4, k=2)
+        >>> cut.apply(flat.clone())
+        tensor([ 0., -2.,  0.,  1.])
+    """
+
+    def __init__(self, threshold: int, ties: int) -> None:
+        self.threshold = threshold
+        self.ties = ties
+
+    @classmethod
+    def find(cls, bits_of: Magnitudes, n: int, k: int, parts: list[slice] | None = None,
+             device: torch.device | str = "cpu") -> "TopKCut":
+        parts = parts or [slice(0, n)]
+        if n <= SMALL:  # a plain selection beats histograms and sampling here
+            bits = bits_of(slice(0, n))
+            threshold = int(torch.kthvalue(bits, bits.numel() - k + 1).values)
+            return cls(threshold, k - int(torch.count_nonzero(bits > threshold)))
+        found = _bracketed_threshold(bits_of, n, k, parts) or \
+            _radix_threshold(bits_of, k, parts, torch.device(device))
+        return cls(*found)
+
+    def keep(self, piece: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the entries of the next slice that are in the top k."""
+        b = magnitude_bits(piece)
+        keep = b > self.threshold
+        if self.ties > 0:
+            tied = torch.nonzero(b == self.threshold).squeeze(1)[:self.ties]
+            keep[tied] = True
+            self.ties -= tied.numel()
+        return keep.view(piece.shape)
+
+    def apply(self, piece: torch.Tensor) -> torch.Tensor:
+        """The next slice with the entries that are not in the top k zeroed (maybe in place)."""
+        if self.ties > 0:
+            return piece.mul_(self.keep(piece))
+        # |x| > threshold is exactly hardshrink's rule, in one fast operation.
+        return torch.nn.functional.hardshrink(piece, float_of_bits(self.threshold))
 
 
 def _top_k_slices(values: torch.Tensor, k: int) -> Iterator[tuple[slice, torch.Tensor]]:
@@ -120,15 +167,9 @@ def _top_k_slices(values: torch.Tensor, k: int) -> Iterator[tuple[slice, torch.T
     magnitudes, ties broken by position."""
     flat = values.reshape(-1)
     parts = chunks(flat.numel(), flat.device)
-    threshold, ties_left = top_k_threshold(flat, k, parts)
+    cut = TopKCut.find(lambda part: magnitude_bits(flat[part]), flat.numel(), k, parts, flat.device)
     for part in parts:
-        b = _magnitude_chunk(flat, part)
-        keep = b > threshold
-        if ties_left > 0:
-            tied = torch.nonzero(b == threshold).squeeze(1)[:ties_left]
-            keep[tied] = True
-            ties_left -= tied.numel()
-        yield part, keep
+        yield part, cut.keep(flat[part])
 
 
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -224,29 +265,38 @@ def combine(deltas: list[torch.Tensor], weights: list[float], *, sign_rule: str 
     """
     if sign_rule not in (None, "sum", "count"):
         raise ValueError(f"unknown sign election rule {sign_rule!r}")
-    mixed = torch.empty(deltas[0].shape, dtype=deltas[0].dtype, device=deltas[0].device)
-    flat_out = mixed.view(-1)
     flat = [d.reshape(-1) for d in deltas]
-    for part in chunks(flat_out.numel(), mixed.device):
-        pieces = [f[part] for f in flat]
-        flat_out[part] = _combine_flat(pieces, weights, sign_rule, normalize, owned)
+    parts = chunks(flat[0].numel(), flat[0].device)
+    if len(parts) == 1:  # one slice (a GPU, or the engine's slice-by-slice merge): no copy
+        mixed = _combine_flat(flat, weights, sign_rule, normalize, owned).view(deltas[0].shape)
+    else:
+        mixed = torch.empty(deltas[0].shape, dtype=deltas[0].dtype, device=deltas[0].device)
+        flat_out = mixed.view(-1)
+        for part in parts:
+            flat_out[part] = _combine_flat([f[part] for f in flat], weights, sign_rule,
+                                           normalize, owned)
     return mixed.mul_(lambda_) if lambda_ != 1 else mixed
 
 
 def _combine_flat(deltas: list[torch.Tensor], weights: list[float], sign_rule: str | None,
                   normalize: bool, owned: bool) -> torch.Tensor:
-    mixed = torch.zeros_like(deltas[0])
     if sign_rule is None:
-        for d, w in zip(deltas, weights):
+        first = deltas[0]
+        mixed = (first.mul_(weights[0]) if owned else first * weights[0]) if weights[0] != 1 \
+            else (first if owned else first.clone())
+        for d, w in zip(deltas[1:], weights[1:]):
             mixed.add_(d, alpha=w)
         total = sum(weights)
         if normalize and abs(total) >= 1e-8:
             mixed.div_(total)
         return mixed
-    votes = torch.zeros_like(mixed)
+    votes = torch.zeros_like(deltas[0])
     for d, w in zip(deltas, weights):
         votes.add_(d if sign_rule == "sum" else _signed(d, w), alpha=w if sign_rule == "sum" else 1)
-    majority = torch.where(votes >= 0, 1.0, -1.0).to(mixed.dtype)
+    # +1 where the votes are >= 0 (a tie goes to +1), else -1. copysign is one fast operation
+    # where comparisons are slow on CPU; the votes start from +0.0 and so are never -0.0.
+    majority = torch.ones_like(votes).copysign_(votes)
+    mixed = torch.zeros_like(votes)
     divisor = torch.zeros_like(mixed) if normalize else None
     for d, w in zip(deltas, weights):
         if w == 0:
@@ -257,12 +307,19 @@ def _combine_flat(deltas: list[torch.Tensor], weights: list[float], sign_rule: s
         agreeing = d.mul_(majority) if owned else d * majority
         if w < 0:
             agreeing.neg_()
+        agreeing.clamp_(min=0)  # keeps NaN, which must reach the engine's finite check
         if divisor is not None:
-            divisor.add_(agreeing > 0, alpha=w)
-        mixed.add_(agreeing.clamp_(min=0), alpha=abs(w))
+            divisor.add_(agreeing.sign(), alpha=w)  # sign: 1 where it agrees, else 0
+        mixed.add_(agreeing, alpha=abs(w))
     mixed.mul_(majority)
     if divisor is not None:
-        divisor[divisor == 0] = 1
+        # Where no entry agrees, `mixed` is 0 and any non-zero divisor will do. With positive
+        # weights a divisor is 0 or at least the smallest weight, so a clamp does it.
+        used = [w for w in weights if w != 0]
+        if used and min(used) > 0:
+            divisor.clamp_(min=min(used) / 2)
+        else:
+            divisor.masked_fill_(divisor == 0, 1)
         mixed.div_(divisor)
     return mixed
 

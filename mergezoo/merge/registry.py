@@ -71,8 +71,13 @@ class MergeInputs:
     key: str
     base: torch.Tensor | None
     models: list[torch.Tensor]
-    generator: torch.Generator | None = None  # seeded per tensor, for random methods
+    # For random methods, one generator per model, seeded from the seed, the tensor's name and
+    # the model's index: a model's draws do not depend on how the tensor is sliced.
+    generators: list[torch.Generator] | None = None
     state: Any = None  # what the method's `prepare` pass returned
+    # What the method's `per_tensor` pass returned for this tensor, when the engine merges it
+    # slice by slice (see `MergeMethod.elementwise`); None otherwise.
+    tensor_state: Any = None
     # The engine owns the tensors it passes, so task vectors may be computed in place over the
     # models (saving a copy of every expert); `models` must not be read after `deltas` then.
     owned: bool = False
@@ -158,6 +163,13 @@ class MergeMethod:
     returns: Literal["delta", "weights"]  # a merged task vector, or merged weights
     prepare: Callable | None = None  # a first pass over all tensors (global statistics)
     random: bool = False
+    # The merged value at each position depends only on the inputs at that position (given the
+    # `prepare` and `per_tensor` states), so on CPU the engine merges each tensor slice by
+    # slice, converting the inputs to the compute dtype one cache-sized slice at a time.
+    elementwise: bool = False
+    # per_tensor(view, hp) -> state: a first pass over one tensor's slices before they are
+    # merged (e.g. each task vector's top-k threshold); `view` is a `SlicedTensor`.
+    per_tensor: Callable | None = None
     aliases: tuple[str, ...] = ()
     check: Callable[[dict[str, Any]], None] | None = None  # raises ValueError on bad combinations
 
@@ -237,8 +249,17 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
                  returns: Literal["delta", "weights"] = "delta", prepare: Callable | None = None,
                  random: bool = False, aliases: tuple[str, ...] = (),
                  helps: dict[str, str] | None = None,
-                 check: Callable[[dict[str, Any]], None] | None = None) -> Callable:
-    """Register a merge method. See the module docstring for an example."""
+                 check: Callable[[dict[str, Any]], None] | None = None,
+                 elementwise: bool = False, per_tensor: Callable | None = None) -> Callable:
+    """Register a merge method. See the module docstring for an example.
+
+    `elementwise=True` promises that the function, given the slices of every input at the same
+    positions, returns the merged slice (so it must not look at shapes or whole-tensor
+    statistics, except through `per_tensor`'s state in `x.tensor_state`).
+    """
+    if per_tensor is not None and not elementwise:
+        raise ValueError(f"{name}: per_tensor is a pass before a slice-by-slice merge; "
+                         "it needs elementwise=True")
 
     def register(fn: Callable) -> Callable:
         if name in _REGISTRY or name in _ALIASES:
@@ -249,7 +270,8 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
                 raise ValueError(f"{name}: grid names unknown hyperparameter '{key}'")
         _REGISTRY[name] = MergeMethod(name=name, fn=fn, paper=paper, needs=needs, grid=grid,
                                       hyperparameters=hps, returns=returns, prepare=prepare,
-                                      random=random, aliases=aliases, check=check)
+                                      random=random, aliases=aliases, check=check,
+                                      elementwise=elementwise, per_tensor=per_tensor)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn

@@ -12,7 +12,7 @@ DENSITY = Interval(0, 1, low_open=True)
 # Both DARE variants share their registration: paper, needs, ranges, grid.
 _DARE = dict(paper="https://arxiv.org/abs/2311.03099", needs=Needs(base=True),
              per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
-             grid={"density": [0.1, 0.3, 0.5, 0.7], "lambda": [0.5, 1.0, 1.5]}, random=True,
+             grid={"density": [0.1, 0.3, 0.5, 0.7], "lambda": [0.5, 1.0, 1.5]}, random=True, elementwise=True,
              helps={"density": "probability of keeping each entry",
                     "rescale": "divide kept entries by density"})
 
@@ -22,8 +22,8 @@ def dare_linear(x: MergeInputs, *, weight: list[float] = 1.0, density: list[floa
                 lambda_: float = 1.0, normalize: bool = False, rescale: bool = True) -> torch.Tensor:
     """Drop each task-vector entry with probability 1 - density, rescale the survivors by
     1 / density, then add the weighted sum (task arithmetic)."""
-    dropped = [random_drop(d, rho, x.generator, rescale, owned=x.owned)
-               for d, rho in zip(x.deltas, density)]
+    dropped = [random_drop(d, rho, g, rescale, owned=x.owned)
+               for d, rho, g in zip(x.deltas, density, x.generators)]
     return combine(dropped, weight, sign_rule=None, normalize=normalize, lambda_=lambda_,
                    owned=x.owned)
 
@@ -32,7 +32,7 @@ def dare_linear(x: MergeInputs, *, weight: list[float] = 1.0, density: list[floa
 def dare_ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.5,
               lambda_: float = 1.0, normalize: bool = False, rescale: bool = True) -> torch.Tensor:
     """DARE's random drop and rescale, then TIES sign election and disjoint merge."""
-    dropped = [random_drop(d, rho, x.generator, rescale, owned=x.owned)
-               for d, rho in zip(x.deltas, density)]
+    dropped = [random_drop(d, rho, g, rescale, owned=x.owned)
+               for d, rho, g in zip(x.deltas, density, x.generators)]
     return combine(dropped, weight, sign_rule="sum", normalize=normalize, lambda_=lambda_,
                    owned=x.owned)

@@ -9,7 +9,7 @@ from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
 
 
 @merge_method("task_arithmetic", paper="https://arxiv.org/abs/2212.04089", needs=Needs(base=True),
-              per_model=("weight",), ranges={"weight": Interval()},
+              per_model=("weight",), ranges={"weight": Interval()}, elementwise=True,
               grid={"lambda": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]},
               helps={"weight": "scale of each task vector", "lambda": "scale of the sum",
                      "normalize": "divide the sum by the sum of the weights"})

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 
 from mergezoo.merge.global_trim import magnitude_thresholds
-from mergezoo.merge.ops import combine, trim_by_magnitude
+from mergezoo.merge.ops import TopKCut, combine, kept_count, magnitude_bits, trim_by_magnitude
 from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
 
 DENSITY = Interval(0, 1, low_open=True)
@@ -20,6 +20,22 @@ def _prepare(stream, kwargs):
     return magnitude_thresholds(stream, kwargs["density"])
 
 
+def _per_tensor(view, hp: dict) -> list[TopKCut | None] | None:
+    """Per-tensor trimming, when the engine merges slice by slice: each task vector's exact
+    top-k cut, found in a first pass over its slices (computed on the fly, never whole)."""
+    if hp["trim_scope"] == "model":
+        return None
+
+    def cut(i: int) -> TopKCut | None:
+        rho = hp["density"][i]
+        if rho >= 1:
+            return None
+        return TopKCut.find(lambda part: magnitude_bits(view.delta(i, part)), view.n,
+                            kept_count(view.n, rho), view.parts)
+
+    return view.map(cut, range(view.n_models))
+
+
 def _check(kwargs: dict) -> None:
     if kwargs["trim_scope"] == "model" and not all(isinstance(d, (int, float))
                                                    for d in kwargs["density"]):
@@ -30,7 +46,7 @@ def _check(kwargs: dict) -> None:
 @merge_method("ties", paper="https://arxiv.org/abs/2306.01708", needs=Needs(base=True),
               per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
               grid={"density": [0.1, 0.2, 0.3], "lambda": [0.8, 1.0, 1.2, 1.5, 2.0]},
-              prepare=_prepare, check=_check,
+              prepare=_prepare, check=_check, elementwise=True, per_tensor=_per_tensor,
               helps={"density": "fraction of each task vector kept, by magnitude",
                      "trim_scope": "trim per tensor (mergekit) or over the whole model (paper)",
                      "sign_rule": "elect the sign by total mass (sum) or by count"})
@@ -43,8 +59,11 @@ def ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.
 
     Same tensors as mergekit's `ties` for `trim_scope: tensor` (its only scope).
     """
-    thresholds = x.state or [None] * len(x.deltas)
-    trimmed = [trim_by_magnitude(d, rho, thr, owned=x.owned)
-               for d, rho, thr in zip(x.deltas, density, thresholds)]
+    if x.tensor_state is not None:  # a slice of the tensor: cut where the first pass found
+        trimmed = [d if cut is None else cut.apply(d) for d, cut in zip(x.deltas, x.tensor_state)]
+    else:
+        thresholds = x.state or [None] * len(x.deltas)
+        trimmed = [trim_by_magnitude(d, rho, thr, owned=x.owned)
+                   for d, rho, thr in zip(x.deltas, density, thresholds)]
     return combine(trimmed, weight, sign_rule=sign_rule, normalize=normalize, lambda_=lambda_,
                    owned=x.owned)
