@@ -200,11 +200,12 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
             yield merger.inputs(key, tensors)
 
     start = time.perf_counter()
-    # Slice-by-slice merging runs on one intra-op thread (see `torch_threads`): cache-sized
-    # operations gain little from more, and the other cores serve the reader and the writer.
-    # A per-tensor pass (one task vector each) runs on as many threads as torch had.
-    if sliced and spec.per_tensor and torch.get_num_threads() > 1:
-        merger.pool = ThreadPoolExecutor(max_workers=torch.get_num_threads(),
+    # Slice-by-slice merging runs each operation on one intra-op thread (see `torch_threads`)
+    # and spreads the slices, and a per-tensor pass's task vectors, over as many Python threads
+    # as torch had intra-op threads instead: torch releases the GIL inside each operation.
+    merger.workers = torch.get_num_threads() if sliced else 1
+    if merger.workers > 1:
+        merger.pool = ThreadPoolExecutor(max_workers=merger.workers,
                                          thread_name_prefix="mergezoo-compute")
     try:
         with torch_threads(1 if sliced else None):
@@ -267,17 +268,18 @@ class _TensorMerger:
     sources: list[TensorSource]  # base first when used, as the tensors passed in
     sliced: bool  # element-wise, slice by slice, from the inputs' own dtype (CPU)
     state: Any = None  # what the method's `prepare` pass returned
-    scratch: list[torch.Tensor] | None = None
-    pool: ThreadPoolExecutor | None = None  # compute threads for a method's per-tensor pass
+    scratch: list[list[torch.Tensor]] | None = None  # slice buffers, a set per compute thread
+    pool: ThreadPoolExecutor | None = None  # compute threads for slice-by-slice merging
+    workers: int = 1
 
-    def generators(self, key: str, n_models: int) -> list[torch.Generator] | None:
+    def generators(self, key: str, n_models: int, slice_index: int = 0) -> list[torch.Generator] | None:
         """For random methods, a generator per model seeded from the merge seed, the tensor's
-        name and the model's index: each draw is reproducible whatever else is merged, and
-        whether the tensor is merged whole or slice by slice."""
+        name, the slice and the model's index: each draw is reproducible whatever else is
+        merged, and in whatever order or on whichever thread the slices are merged."""
         if not self.spec.random:
             return None
-        tensor_seed = self.seed * 1_000_003 + zlib.crc32(key.encode())
-        return [torch.Generator(device=self.dev).manual_seed((tensor_seed + 7919 * i) % (2**63))
+        seed = (self.seed * 1_000_003 + zlib.crc32(key.encode())) * 65_537 + slice_index
+        return [torch.Generator(device=self.dev).manual_seed((seed * 7_919 + i) % (2**63))
                 for i in range(n_models)]
 
     def inputs(self, key: str, tensors: list[torch.Tensor]) -> MergeInputs:
@@ -296,13 +298,14 @@ class _TensorMerger:
         scale = self.lines.scale(self.positions[key]) if self.lines else 1.0
         try:
             if self.sliced:
-                if self.scratch is None:
-                    self.scratch = new_scratch(len(tensors), self.dtype)
+                if self.scratch is None:  # a buffer set per compute thread
+                    self.scratch = [new_scratch(len(tensors), self.dtype)
+                                    for _ in range(self.workers)]
                 view = SlicedTensor(key, tensors, has_base=self.use_base, dtype=self.dtype,
-                                    scratch=self.scratch, pool=self.pool)
-                finite = merge_sliced(self.spec, hp, view, out,
-                                      generators=self.generators(key, view.n_models),
-                                      state=self.state, scale=scale)
+                                    scratch=self.scratch[0], pool=self.pool)
+                finite = merge_sliced(self.spec, hp, view, out, state=self.state, scale=scale,
+                                      generators=lambda j: self.generators(key, view.n_models, j),
+                                      pool=self.pool, scratch=self.scratch)
             else:
                 finite = self._merge_whole(key, tensors, hp, scale, out)
         except (ValueError, RuntimeError) as err:

@@ -73,10 +73,11 @@ Magnitudes = Callable[[slice], torch.Tensor]  # a slice of a flat tensor -> its 
 
 
 def _bracketed_threshold(bits_of: Magnitudes, n: int, k: int,
-                         parts: list[slice]) -> tuple[int, int] | None:
-    """Fast path of `top_k_cut`: bracket the threshold with a strided sample, then one pass
+                         parts: list[slice]) -> tuple[int, int, list[int]] | None:
+    """Fast path of `TopKCut.find`: bracket the threshold with a strided sample, then one pass
     counts the entries above the bracket and gathers those inside it (about 1% of them), where
-    an exact selection finishes. None when the sample's bracket misses the threshold."""
+    an exact selection finishes. Returns (threshold, ties, entries equal to the threshold in
+    each part), or None when the sample's bracket misses the threshold."""
     sample = bits_of(slice(0, n, max(1, n // 65536)))
     m = sample.numel()
     rank = k / n * m
@@ -94,11 +95,13 @@ def _bracketed_threshold(bits_of: Magnitudes, n: int, k: int,
     if not 0 < need <= candidates.numel():
         return None
     threshold = int(torch.kthvalue(candidates, candidates.numel() - need + 1).values)
-    return threshold, need - int(torch.count_nonzero(candidates > threshold))
+    equal = [int(torch.count_nonzero(c == threshold)) for c in inside]
+    return threshold, need - int(torch.count_nonzero(candidates > threshold)), equal
 
 
 def _radix_threshold(bits_of: Magnitudes, k: int, parts: list[slice],
-                     device: torch.device) -> tuple[int, int]:
+                     device: torch.device) -> tuple[int, int, list[int]]:
+    """Exact fallback of `TopKCut.find`: radix selection with two 65,536-bucket histograms."""
     high = torch.zeros(BUCKETS, dtype=torch.int64, device=device)
     for part in parts:
         high += torch.bincount(bits_of(part) >> 16, minlength=BUCKETS)
@@ -108,14 +111,17 @@ def _radix_threshold(bits_of: Magnitudes, k: int, parts: list[slice],
         b = bits_of(part)
         low += torch.bincount(b[(b >> 16) == bucket] & 0xFFFF, minlength=BUCKETS)
     low_bits, _ = bucket_of_kth(low, rank)
-    return (bucket << 16) | low_bits, k - int(high[bucket + 1:].sum()) - int(low[low_bits + 1:].sum())
+    threshold = (bucket << 16) | low_bits
+    ties = k - int(high[bucket + 1:].sum()) - int(low[low_bits + 1:].sum())
+    equal = [int(torch.count_nonzero(bits_of(part) == threshold)) for part in parts] \
+        if len(parts) > 1 else [ties]
+    return threshold, ties, equal
 
 
 class TopKCut:
     """The `k` largest magnitudes of a flat tensor of `n` entries (ties broken by position), as
-    a cut that is applied slice by slice: entries above `threshold` (float32 bits of a
-    magnitude) are kept, and of those equal to it, the first `ties` in position order. Slices
-    must be cut in order, each once.
+    a cut applied part by part, in any order: in part `j`, entries above `threshold` (float32
+    bits of a magnitude) are kept, and of those equal to it, the first `ties[j]`.
 
     `bits_of(part)` gives the magnitude bits of any slice of the tensor, strided ones too, so
     the tensor itself need not exist in memory: the engine computes task-vector slices on the
@@ -124,11 +130,11 @@ class TopKCut:
     Example:
         >>> flat = torch.tensor([0.5, -2.0, 0.5, 1.0])
         >>> cut = TopKCut.find(lambda part: magnitude_bits(flat[part]), 4, k=2)
-        >>> cut.apply(flat.clone())
+        >>> cut.apply(flat.clone(), 0)
         tensor([ 0., -2.,  0.,  1.])
     """
 
-    def __init__(self, threshold: int, ties: int) -> None:
+    def __init__(self, threshold: int, ties: list[int]) -> None:
         self.threshold = threshold
         self.ties = ties
 
@@ -139,25 +145,27 @@ class TopKCut:
         if n <= SMALL:  # a plain selection beats histograms and sampling here
             bits = bits_of(slice(0, n))
             threshold = int(torch.kthvalue(bits, bits.numel() - k + 1).values)
-            return cls(threshold, k - int(torch.count_nonzero(bits > threshold)))
-        found = _bracketed_threshold(bits_of, n, k, parts) or \
+            return cls(threshold, [k - int(torch.count_nonzero(bits > threshold))])
+        threshold, ties, equal = _bracketed_threshold(bits_of, n, k, parts) or \
             _radix_threshold(bits_of, k, parts, torch.device(device))
-        return cls(*found)
+        allowed = []
+        for count in equal:  # the tied entries that belong to the top k come first
+            allowed.append(min(count, ties))
+            ties -= allowed[-1]
+        return cls(threshold, allowed)
 
-    def keep(self, piece: torch.Tensor) -> torch.Tensor:
-        """Boolean mask of the entries of the next slice that are in the top k."""
+    def keep(self, piece: torch.Tensor, j: int) -> torch.Tensor:
+        """Boolean mask of the entries of part `j` (given as `piece`) that are in the top k."""
         b = magnitude_bits(piece)
         keep = b > self.threshold
-        if self.ties > 0:
-            tied = torch.nonzero(b == self.threshold).squeeze(1)[:self.ties]
-            keep[tied] = True
-            self.ties -= tied.numel()
+        if self.ties[j] > 0:
+            keep[torch.nonzero(b == self.threshold).squeeze(1)[:self.ties[j]]] = True
         return keep.view(piece.shape)
 
-    def apply(self, piece: torch.Tensor) -> torch.Tensor:
-        """The next slice with the entries that are not in the top k zeroed (maybe in place)."""
-        if self.ties > 0:
-            return piece.mul_(self.keep(piece))
+    def apply(self, piece: torch.Tensor, j: int) -> torch.Tensor:
+        """Part `j` with the entries that are not in the top k zeroed (maybe in place)."""
+        if self.ties[j] > 0:
+            return piece.mul_(self.keep(piece, j))
         # |x| > threshold is exactly hardshrink's rule, in one fast operation.
         return torch.nn.functional.hardshrink(piece, float_of_bits(self.threshold))
 
@@ -168,8 +176,8 @@ def _top_k_slices(values: torch.Tensor, k: int) -> Iterator[tuple[slice, torch.T
     flat = values.reshape(-1)
     parts = chunks(flat.numel(), flat.device)
     cut = TopKCut.find(lambda part: magnitude_bits(flat[part]), flat.numel(), k, parts, flat.device)
-    for part in parts:
-        yield part, cut.keep(flat[part])
+    for j, part in enumerate(parts):
+        yield part, cut.keep(flat[part], j)
 
 
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -212,7 +220,10 @@ def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator 
         piece = flat[part]
         words = torch.randint(-2**63, 2**63 - 1, ((piece.numel() + 3) // 4,), dtype=torch.int64,
                               generator=generator, device=piece.device)
-        piece.mul_(words.view(torch.int16)[: piece.numel()] < below)
+        # keep = (lane < below), as 1.0 / 0.0 by arithmetic: the lanes are integers, so
+        # clamp(below - lane, 0, 1) is 1 exactly when lane < below (comparisons are slow on CPU).
+        lanes = words.view(torch.int16)[: piece.numel()].to(piece.dtype)
+        piece.mul_(lanes.neg_().add_(below).clamp_(0, 1))
         if rescale:
             piece.div_(density)
     return kept

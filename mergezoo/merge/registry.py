@@ -78,6 +78,7 @@ class MergeInputs:
     # What the method's `per_tensor` pass returned for this tensor, when the engine merges it
     # slice by slice (see `MergeMethod.elementwise`); None otherwise.
     tensor_state: Any = None
+    slice_index: int = 0  # which of the engine's slices of the tensor this is (0: whole)
     # The engine owns the tensors it passes, so task vectors may be computed in place over the
     # models (saving a copy of every expert); `models` must not be read after `deltas` then.
     owned: bool = False

@@ -57,11 +57,13 @@ class SlicedTensor:
     def n_models(self) -> int:
         return len(self.flat) - int(self.has_base)
 
-    def read(self, part: slice) -> list[torch.Tensor]:
-        """Every input's entries in `part`, in the compute dtype, in scratch buffers the caller
-        may change in place; the next `read` overwrites them."""
+    def read(self, part: slice, scratch: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Every input's entries in `part`, in the compute dtype, in scratch buffers (the
+        view's own, or `scratch`) that the caller may change in place; the next `read` into
+        the same buffers overwrites them."""
         size = part.stop - part.start
-        return [buf[:size].copy_(flat[part]) for buf, flat in zip(self._scratch, self.flat)]
+        buffers = self._scratch if scratch is None else scratch
+        return [buf[:size].copy_(flat[part]) for buf, flat in zip(buffers, self.flat)]
 
     def delta(self, i: int, part: slice) -> torch.Tensor:
         """Model `i`'s task vector over `part` (any slice, strided too), as a new tensor."""
@@ -76,24 +78,43 @@ def new_scratch(n_inputs: int, dtype: torch.dtype) -> list[torch.Tensor]:
     return [torch.empty(CHUNK, dtype=dtype) for _ in range(n_inputs)]
 
 
+Generators = Callable[[int], "list[torch.Generator] | None"]  # slice index -> one per model
+
+
 def merge_sliced(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor, out: torch.Tensor,
-                 *, generators: list[torch.Generator] | None = None, state: Any = None,
-                 scale: float = 1.0) -> bool:
+                 *, generators: Generators | None = None, state: Any = None,
+                 scale: float = 1.0, pool: Executor | None = None,
+                 scratch: list[list[torch.Tensor]] | None = None) -> bool:
     """Merge `view` into `out` (the output's shape and dtype) slice by slice with the
     element-wise method `spec`; a task-vector method's result is scaled by `scale` (LiNeS) and
-    added to the base. Returns False when the merged values hold NaN or Inf."""
+    added to the base. Returns False when the merged values hold NaN or Inf.
+
+    With a `pool` of W threads and W `scratch` buffer sets, W workers merge every W-th slice
+    side by side; slices are independent (the per-tensor state is per slice, and random
+    methods draw from `generators(slice_index)`), so the result is the same either way."""
     tensor_state = spec.per_tensor(view, hp) if spec.per_tensor else None
     flat_out = out.view(-1)
-    total = torch.zeros((), dtype=torch.float64)
-    for part in view.parts:
-        inputs = view.read(part)
-        base = inputs[0] if view.has_base else None
-        x = MergeInputs(key=view.key, base=base, models=inputs[1:] if view.has_base else inputs,
-                        generators=generators, state=state, tensor_state=tensor_state, owned=True)
-        merged = spec.fn(x, **hp)
-        if spec.returns == "delta":
-            merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(base)
-        # NaN or Inf anywhere poisons the running sum: one cheap reduction per slice.
-        total += merged.sum()
-        flat_out[part].copy_(merged.reshape(-1))
-    return bool(torch.isfinite(total))
+
+    def merge_every(first: int, step: int, buffers: list[torch.Tensor] | None) -> bool:
+        total = torch.zeros((), dtype=torch.float64)
+        for j in range(first, len(view.parts), step):
+            part = view.parts[j]
+            inputs = view.read(part, buffers)
+            base = inputs[0] if view.has_base else None
+            x = MergeInputs(key=view.key, base=base,
+                            models=inputs[1:] if view.has_base else inputs,
+                            generators=generators(j) if generators else None, state=state,
+                            tensor_state=tensor_state, slice_index=j, owned=True)
+            merged = spec.fn(x, **hp)
+            if spec.returns == "delta":
+                merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(base)
+            # NaN or Inf anywhere poisons the running sum: one cheap reduction per slice.
+            total += merged.sum()
+            flat_out[part].copy_(merged.reshape(-1))
+        return bool(torch.isfinite(total))
+
+    workers = min(len(scratch or []), len(view.parts)) if pool is not None else 0
+    if workers < 2:
+        return merge_every(0, 1, scratch[0] if scratch else None)
+    done = [pool.submit(merge_every, w, workers, scratch[w]) for w in range(workers)]
+    return all([f.result() for f in done])

@@ -4,13 +4,15 @@ vectors tie at the trimming threshold across slice boundaries."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
 from mergezoo.merge import MergeInputs, get_method
 from mergezoo.merge.ops import CHUNK, TopKCut, magnitude_bits, top_k_mask
 from mergezoo.merge.registry import list_methods
-from mergezoo.merge.slicing import SlicedTensor, merge_sliced
+from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
 
 SHAPE = (700, 1000)  # 2.7 slices of CHUNK entries
 N_MODELS = 3
@@ -25,8 +27,23 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return base, models
 
 
-def _generators(spec) -> list[torch.Generator] | None:
-    return [torch.Generator().manual_seed(100 + i) for i in range(N_MODELS)] if spec.random else None
+def _generators(spec, slice_index: int = 0) -> list[torch.Generator] | None:
+    if not spec.random:
+        return None
+    return [torch.Generator().manual_seed(100 * slice_index + i) for i in range(N_MODELS)]
+
+
+def _sliced(spec, kwargs, base, models, workers: int) -> torch.Tensor:
+    uses_base = bool(spec.needs.base)
+    inputs = ([base] if uses_base else []) + models
+    view = SlicedTensor("w", inputs, has_base=uses_base)
+    assert len(view.parts) == 3
+    out = torch.empty(SHAPE, dtype=torch.float32)
+    scratch = [new_scratch(len(inputs), torch.float32) for _ in range(workers)]
+    with ThreadPoolExecutor(workers) as pool:
+        assert merge_sliced(spec, kwargs, view, out, generators=lambda j: _generators(spec, j),
+                            pool=pool if workers > 1 else None, scratch=scratch)
+    return out
 
 
 CASES = [("average", {"weight": 2.0}), ("task_arithmetic", {"lambda": 0.7}),
@@ -36,24 +53,37 @@ CASES = [("average", {"weight": 2.0}), ("task_arithmetic", {"lambda": 0.7}),
 
 
 @pytest.mark.parametrize("method,params", CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
-def test_slice_by_slice_equals_whole_tensor(method, params):
+def test_slice_by_slice_is_the_same_on_one_or_two_threads(method, params):
     spec = get_method(method)
     assert spec.elementwise
     base, models = _inputs()
     kwargs = spec.resolve(params, [], N_MODELS)
-    uses_base = bool(spec.needs.base)
-    whole_in = MergeInputs(key="w", base=base.float() if uses_base else None,
-                           models=[m.float() for m in models], generators=_generators(spec),
-                           owned=True)
+    one = _sliced(spec, kwargs, base, models, workers=1)
+    assert torch.equal(one, _sliced(spec, kwargs, base, models, workers=2))
+    if spec.random:  # DARE: each slice draws from its own generators; check what it kept
+        delta = one - base.float()
+        kept = (delta != 0) & (torch.stack([m.float() for m in models]) != base.float()).any(0)
+        assert 0.2 < float(kept.float().mean()) < 1.0
+        return
+    whole_in = MergeInputs(key="w", base=base.float() if spec.needs.base else None,
+                           models=[m.float() for m in models], owned=True)
     whole = spec.fn(whole_in, **kwargs)
     if spec.returns == "delta":
         whole = whole + base.float()
+    assert torch.equal(one, whole)
 
-    view = SlicedTensor("w", ([base] if uses_base else []) + models, has_base=uses_base)
-    assert len(view.parts) == 3
-    out = torch.empty(SHAPE, dtype=torch.float32)
-    assert merge_sliced(spec, kwargs, view, out, generators=_generators(spec))
-    assert torch.equal(out, whole)
+
+def test_dare_slices_draw_what_a_whole_tensor_of_that_slice_draws():
+    """A slice's random drop is the drop of that slice alone with its slice's generators."""
+    spec = get_method("dare_linear")
+    base, models = _inputs()
+    kwargs = spec.resolve({"density": 0.3}, [], N_MODELS)
+    merged = _sliced(spec, kwargs, base, models, workers=2).view(-1)
+    second = slice(CHUNK, 2 * CHUNK)
+    alone = spec.fn(MergeInputs(key="w", base=base.view(-1)[second].float(),
+                                models=[m.view(-1)[second].float() for m in models],
+                                generators=_generators(spec, 1)), **kwargs)
+    assert torch.equal(merged[second], alone + base.view(-1)[second].float())
 
 
 def test_only_position_wise_methods_are_elementwise():
@@ -69,7 +99,7 @@ def test_top_k_cut_applied_slice_by_slice_is_the_exact_top_k():
     parts = [slice(i, min(i + CHUNK, flat.numel())) for i in range(0, flat.numel(), CHUNK)]
     for k in (1, 1000, flat.numel() // 3, flat.numel() - 5):
         cut = TopKCut.find(lambda part: magnitude_bits(flat[part]), flat.numel(), k, parts)
-        mask = torch.cat([cut.keep(flat[part]) for part in parts])
+        mask = torch.cat([cut.keep(flat[part], j) for j, part in enumerate(parts)])
         assert int(mask.sum()) == k
         assert torch.equal(mask, top_k_mask(flat, k))
 
