@@ -348,3 +348,39 @@ def test_progress_bar_can_be_quiet(toy_zoo, capsys):
     assert "merge average" not in captured.err
     run(toy_zoo, "average", out="loud", base=None, progress=True)
     assert "merge average" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,params", [("ties", {"density": 0.3}),
+                                           ("dare_ties", {"density": 0.5}),
+                                           ("task_arithmetic", {"lambda": 0.8})])
+def test_slice_by_slice_merge_is_the_same_on_any_number_of_threads(tmp_path, method, params):
+    """Tensors of several engine slices, merged with 1 and with 2 torch threads (the engine
+    then merges slices side by side): byte-identical outputs, and TIES keeps exactly its k."""
+    g = torch.Generator().manual_seed(3)
+    base = {"big.weight": torch.randn(700, 1000, generator=g).to(torch.bfloat16),
+            "small.weight": torch.randn(10, 10, generator=g).to(torch.bfloat16)}
+    save_model(tmp_path / "base", base)
+    experts = []
+    for i in range(2):  # coarse task vectors: many ties at the trimming threshold
+        tensors = {k: (v.float() + 0.25 * torch.randint(-4, 5, v.shape, generator=g)).to(v.dtype)
+                   for k, v in base.items()}
+        experts.append(save_model(tmp_path / f"e{i}", tensors))
+    previous = torch.get_num_threads()
+    shas = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            result = merge_models(method, experts, base=tmp_path / "base",
+                                  out_dir=tmp_path / f"out{threads}", params=params,
+                                  progress=False)
+            shas.append(result.sha256)
+            assert torch.get_num_threads() == threads  # restored after the merge
+    finally:
+        torch.set_num_threads(previous)
+    assert shas[0] == shas[1]
+    if method == "ties":
+        merged = load_folder(tmp_path / "out1")["big.weight"].float()
+        ref = call_method("ties", base["big.weight"].float(),
+                          [load_folder(e)["big.weight"].float() for e in experts],
+                          params=params)
+        assert torch.equal(merged, ref.to(torch.bfloat16).float())
