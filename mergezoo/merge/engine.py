@@ -216,27 +216,9 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                 folder = tmp / weights_subdir if weights_subdir else tmp
                 folder.mkdir(parents=True, exist_ok=True)
                 stem = weights_stem or getattr(reference, "weights_stem", "model")
-                writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-write")
-                with ShardedSafetensorsWriter(folder, stem, plan, max_shard_size,
-                                              metadata={"merged_by": "mergezoo"}) as writer:
-                    bar = tqdm(total=len(keys), unit="tensor", disable=not progress,
-                               desc=f"merge {spec.name}")
-                    last_write = None
-                    n_params = 0
-                    out_ring = BufferRing(slots=1)  # one output being written, one being merged
-                    for i, (key, tensors) in enumerate(prefetched(keys, whole=not sliced)):
-                        merged = merger.merge(key, tensors, out_ring.take(i, 0, *plan[key]))
-                        n_params += merged.numel()
-                        if last_write is not None:
-                            last_write.result()
-                        last_write = writer_pool.submit(writer.write, key, merged)
-                        bar.update(1)
-                    if last_write is not None:
-                        last_write.result()
-                    bar.close()
-                    writer_pool.shutdown()
-                    files = writer.finish()
-                    sha = dict(writer.sha256)
+                files, sha, n_params = _write_weights(
+                    folder, stem, plan, prefetched(keys, whole=not sliced), merger,
+                    max_shard_size=max_shard_size, progress=progress)
                 prefix = f"{weights_subdir}/" if weights_subdir else ""
                 result = MergeResult(out_dir=Path(out_dir), method=spec.name,
                                      files=[prefix + f for f in files],
@@ -251,6 +233,35 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
             merger.pool.shutdown(wait=True)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _write_weights(folder: Path, stem: str, plan: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                   tensors: Iterator[tuple[str, list[torch.Tensor]]], merger: "_TensorMerger", *,
+                   max_shard_size: str | int,
+                   progress: bool) -> tuple[list[str], dict[str, str], int]:
+    """Merge every (key, inputs) of `tensors` and stream the results into safetensors shards
+    in `folder` on a writer thread, while the next tensor is merged. Returns the files written,
+    their sha256 and the number of parameters."""
+    n_params = 0
+    last_write = None
+    out_ring = BufferRing(slots=1)  # one output being written, one being merged
+    bar = tqdm(total=len(plan), unit="tensor", disable=not progress,
+               desc=f"merge {merger.spec.name}")
+    # The pool is left (waiting for a pending write) before the writer closes its file.
+    with ShardedSafetensorsWriter(folder, stem, plan, max_shard_size,
+                                  metadata={"merged_by": "mergezoo"}) as writer, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-write") as writer_pool:
+        for i, (key, inputs) in enumerate(tensors):
+            merged = merger.merge(key, inputs, out_ring.take(i, 0, *plan[key]))
+            n_params += merged.numel()
+            if last_write is not None:
+                last_write.result()
+            last_write = writer_pool.submit(writer.write, key, merged)
+            bar.update(1)
+        if last_write is not None:
+            last_write.result()
+        bar.close()
+        return writer.finish(), dict(writer.sha256), n_params
 
 
 @dataclass
@@ -272,7 +283,8 @@ class _TensorMerger:
     pool: ThreadPoolExecutor | None = None  # compute threads for slice-by-slice merging
     workers: int = 1
 
-    def generators(self, key: str, n_models: int, slice_index: int = 0) -> list[torch.Generator] | None:
+    def generators(self, key: str, n_models: int,
+                   slice_index: int = 0) -> list[torch.Generator] | None:
         """For random methods, a generator per model seeded from the merge seed, the tensor's
         name, the slice and the model's index: each draw is reproducible whatever else is
         merged, and in whatever order or on whichever thread the slices are merged."""
@@ -309,7 +321,8 @@ class _TensorMerger:
             else:
                 finite = self._merge_whole(key, tensors, hp, scale, out)
         except (ValueError, RuntimeError) as err:
-            raise IncompatibleModelsError(f"tensor '{key}': {self.spec.name} failed: {err}") from err
+            raise IncompatibleModelsError(
+                f"tensor '{key}': {self.spec.name} failed: {err}") from err
         if finite and out.dtype in NARROW_DTYPES:  # these can overflow in the cast
             finite = bool(torch.isfinite(out.sum(dtype=torch.float32)))
         if not finite and not bool(torch.isfinite(out).all()):

@@ -17,7 +17,8 @@ def _check(kwargs: dict) -> None:
 
 @merge_method("average", paper="https://arxiv.org/abs/2203.05482",
               needs=Needs(base=False, min_models=1), returns="weights", per_model=("weight",),
-              ranges={"weight": Interval()}, grid={}, aliases=("linear", "model_soup"), check=_check, elementwise=True,
+              ranges={"weight": Interval()}, grid={}, aliases=("linear", "model_soup"),
+              check=_check, elementwise=True,
               helps={"weight": "relative weight of each model",
                      "normalize": "divide by the sum of the weights"})
 def average(x: MergeInputs, *, weight: list[float] = 1.0, normalize: bool = True) -> torch.Tensor:

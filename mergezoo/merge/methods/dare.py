@@ -12,7 +12,8 @@ DENSITY = Interval(0, 1, low_open=True)
 # Both DARE variants share their registration: paper, needs, ranges, grid.
 _DARE = dict(paper="https://arxiv.org/abs/2311.03099", needs=Needs(base=True),
              per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
-             grid={"density": [0.1, 0.3, 0.5, 0.7], "lambda": [0.5, 1.0, 1.5]}, random=True, elementwise=True,
+             grid={"density": [0.1, 0.3, 0.5, 0.7], "lambda": [0.5, 1.0, 1.5]}, random=True,
+             elementwise=True,
              helps={"density": "probability of keeping each entry",
                     "rescale": "divide kept entries by density"})
 

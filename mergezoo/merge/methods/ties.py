@@ -60,7 +60,8 @@ def ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.
     Same tensors as mergekit's `ties` for `trim_scope: tensor` (its only scope).
     """
     if x.tensor_state is not None:  # a slice of the tensor: cut where the first pass found
-        trimmed = [d if cut is None else cut.apply(d, x.slice_index) for d, cut in zip(x.deltas, x.tensor_state)]
+        trimmed = [d if cut is None else cut.apply(d, x.slice_index)
+                   for d, cut in zip(x.deltas, x.tensor_state)]
     else:
         thresholds = x.state or [None] * len(x.deltas)
         trimmed = [trim_by_magnitude(d, rho, thr, owned=x.owned)
