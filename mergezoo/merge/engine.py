@@ -4,6 +4,9 @@ Every input is opened lazily; for each tensor name the engine reads that tensor 
 input (on a background thread, while the previous tensor is being merged), merges it on the
 compute device, and streams the result to disk on a second thread. Peak memory is about two
 sets of (N+1) input tensors plus the method's temporaries, whatever the size of the model.
+On CPU, element-wise methods keep the inputs in their own dtype and merge slice by slice on
+several threads (see `mergezoo.merge.slicing`); other methods and CUDA get whole tensors in
+the compute dtype.
 
 Example:
     >>> from mergezoo.merge.sources import open_source
