@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # imported lazily: datasets and torch are slow to import
     from datasets import Dataset, DatasetDict
 
     from mergezoo.eval.benchmarks.cache import LocalZoo
+    from mergezoo.eval.benchmarks.training import JobRunner
     from mergezoo.eval.benchmarks.zoo_writer import ZooWriter
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,28 @@ class Benchmark(ABC):
     #: provenance and license of the per-cell data, for the zoo's dataset card
     data_description: str = ""
     data_license: str | None = None
+    #: caches left out when the benchmark is pickled for a worker process (it rebuilds them)
+    _transient: tuple[str, ...] = ("_data",)
 
     def __init__(self, spec: BenchmarkSpec) -> None:
         self.spec = spec
         self._data: dict[str, DatasetDict] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for key in self._transient:
+            if key in state:
+                state[key] = None
+        return state
+
+    def shared(self) -> Benchmark:
+        """This process's copy of this benchmark for build jobs: the first one sent here (or
+        this object, when the jobs run in this process), so its caches (data, ...) are built
+        once per worker process rather than once per job."""
+        from mergezoo.eval.benchmarks.training import resident
+
+        key = ("benchmark", type(self).__qualname__, self.spec.definition_hash())
+        return resident(key, lambda: self)
 
     # -- the definition ---------------------------------------------------------------------
     @property
@@ -122,15 +141,18 @@ class Benchmark(ABC):
 
     # -- the zoo ----------------------------------------------------------------------------
     def build(self, out: str | Path | None = None, *, force: bool = False,
-              sanity: bool = True) -> LocalZoo:
+              sanity: bool = True, workers: int | None = None) -> LocalZoo:
         """Build this benchmark's toy zoo (or reuse the cached one); see `cache.build_zoo`."""
         from mergezoo.eval.benchmarks.cache import build_zoo
 
-        return build_zoo(self, out=out, force=force, sanity=sanity)
+        return build_zoo(self, out=out, force=force, sanity=sanity, workers=workers)
 
-    def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict]) -> None:
+    def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict],
+                  jobs: JobRunner | None = None) -> None:
         """Train and save (through `writer.save_model`) the base, the experts (>= 3 seeds per
-        held-in cell), the multitask model and one oracle per held-out cell."""
+        held-in cell), the multitask model and one oracle per held-out cell. Independent
+        trainings may go through `jobs` (worker processes); the zoo must come out the same
+        for any number of workers."""
         raise BenchmarkError(f"benchmark {self.name!r} has no toy zoo to build: its experts are "
                              "given by reference (see its `experts` field)")
 

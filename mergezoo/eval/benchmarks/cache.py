@@ -145,11 +145,13 @@ def _versions() -> dict[str, str]:
 
 
 def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: bool = False,
-              sanity: bool = True) -> LocalZoo:
+              sanity: bool = True, workers: int | None = None) -> LocalZoo:
     """Build `benchmark`'s toy zoo into `out` (default: the cache folder) and return it.
 
     Reuses an existing zoo built from the same definition unless `force`. Refuses to overwrite
-    a folder that is not a zoo of this definition unless `force`.
+    a folder that is not a zoo of this definition unless `force`. Independent trainings and
+    evaluations run in `workers` processes (default `training.default_workers()`: min(2,
+    cores)); the files are the same for any number.
     """
     target = Path(out).expanduser() if out is not None else default_zoo_dir(benchmark)
     want = benchmark.spec.definition_hash()
@@ -166,28 +168,30 @@ def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: boo
                                  f"(size {benchmark.size}); pass force=True / --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    from mergezoo.eval.benchmarks.training import quiet_loading
+    from mergezoo.eval.benchmarks.training import JobRunner, quiet_loading
 
     try:
-        with quiet_loading():
+        with quiet_loading(), JobRunner(workers).start() as jobs:
             started = time.perf_counter()
             writer = ZooWriter(tmp, benchmark.spec)
             data = benchmark.data()
             writer.save_datasets(data, description=benchmark.data_description,
                                  license=benchmark.data_license)
-            benchmark.train_zoo(writer, data)
+            benchmark.train_zoo(writer, data, jobs=jobs)
             train_seconds = time.perf_counter() - started
+            log.info("%s: trained the zoo in %.1f s", benchmark.name, train_seconds)
             # sanity.json must exist before the manifest hashes the files
             if sanity:
                 from mergezoo.eval.benchmarks.sanity import compute_sanity
 
-                numbers = compute_sanity(benchmark, writer.models, tmp)
+                numbers = compute_sanity(benchmark, writer.models, tmp, jobs=jobs)
                 (tmp / "sanity.json").write_text(json.dumps(numbers, indent=1) + "\n")
             writer.finish()
             total = time.perf_counter() - started
             (tmp / "build.json").write_text(json.dumps(
                 {"train_seconds": round(train_seconds, 2), "total_seconds": round(total, 2),
-                 "threads": _threads(), "versions": _versions()}, indent=1) + "\n")
+                 "threads": _threads(), "workers": jobs.workers, "versions": _versions()},
+                indent=1) + "\n")
             _move_into_place(tmp, target, force)
     finally:
         if tmp.exists():

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -41,24 +43,28 @@ from mergezoo.eval.benchmarks.training import TrainRecipe, deterministic
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
+    from mergezoo.eval.benchmarks.digits_diffusion_model import TrainSpec
+    from mergezoo.eval.benchmarks.training import JobRunner
     from mergezoo.eval.benchmarks.zoo_writer import ZooWriter
 
 log = logging.getLogger(__name__)
 
 NAME = "digits-diffusion"
-VERSION = 1
+VERSION = 2  # 2: LoRA adapters trained in vmap groups
 ALL_GROUPS = {"group0": [0, 1, 2], "group1": [3, 4, 5], "group2": [6, 7], "group3": [8, 9]}
 ALL_STYLES = ["inverted", "rotated", "thick", "framed"]
 
 SIZE_PARAMS: dict[str, dict[str, Any]] = {
     "tiny": {"groups": ["group0", "group1"], "styles": ["inverted", "rotated"],
-             "seeds": [0], "lora_rank": 8, "sample_steps": 8, "eval_per_cell": 16,
+             "seeds": [0], "lora_rank": 8, "lora_group": 12, "sample_steps": 8,
+             "eval_per_cell": 16,
              "pretrain": {"steps": 150, "batch_size": 32, "lr": 3e-3},
              "expert": {"steps": 60, "batch_size": 16, "lr": 6e-3},
              "multitask": {"steps": 80, "batch_size": 16, "lr": 6e-3},
              "judge": {"epochs": 2, "batch_size": 64, "lr": 3e-3}},
     "default": {"groups": list(ALL_GROUPS), "styles": ALL_STYLES,
-                "seeds": [0, 1, 2], "lora_rank": 16, "sample_steps": 10, "eval_per_cell": 40,
+                "seeds": [0, 1, 2], "lora_rank": 16, "lora_group": 12, "sample_steps": 10,
+                "eval_per_cell": 40,
                 "pretrain": {"steps": 800, "batch_size": 64, "lr": 2e-3},
                 "expert": {"steps": 300, "batch_size": 16, "lr": 5e-3},
                 "multitask": {"steps": 600, "batch_size": 16, "lr": 5e-3},
@@ -90,6 +96,7 @@ class DigitsDiffusion(Benchmark):
     """Digit groups x styles; a small conditional UNet base; LoRA experts; judged generations."""
 
     eval_threads = 1
+    _transient = ("_data", "_judge")
 
     def __init__(self, size: str = "default") -> None:
         if size not in SIZE_PARAMS:
@@ -156,10 +163,16 @@ class DigitsDiffusion(Benchmark):
 
         import torch
 
-        from mergezoo.eval.benchmarks.digits_diffusion_data import (STYLE_NAMES, cell_dataset,
-                                                                   dataset_tensors)
-        from mergezoo.eval.benchmarks.digits_diffusion_judge import (JudgeSpec, save_judge,
-                                                                    train_judge)
+        from mergezoo.eval.benchmarks.digits_diffusion_data import (
+            STYLE_NAMES,
+            cell_dataset,
+            dataset_tensors,
+        )
+        from mergezoo.eval.benchmarks.digits_diffusion_judge import (
+            JudgeSpec,
+            save_judge,
+            train_judge,
+        )
 
         splits = self._splits()
 
@@ -241,7 +254,10 @@ class DigitsDiffusion(Benchmark):
     def average_models(self, model_dirs: Sequence[Path], out_dir: Path) -> Path | None:
         """Average of the experts as full UNets: each adapter merged into its base, then the
         weights averaged (= base + mean of the LoRA deltas)."""
-        from mergezoo.eval.benchmarks.digits_diffusion_model import load_generator, save_unet
+        from mergezoo.eval.benchmarks.digits_diffusion_model import (
+            load_generator,
+            save_unet,
+        )
 
         if not model_dirs:
             return None
@@ -264,53 +280,111 @@ class DigitsDiffusion(Benchmark):
                                   "adapter": None if kind == "pretrain" else
                                   {"type": "lora", "rank": self.spec.params["lora_rank"]}})
 
-    def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict]) -> None:
-        import torch
+    def _fits(self) -> list[list[_Fit]]:
+        """The LoRA trainings, in manifest order, cut into groups trained together: experts
+        (seeds x cells), then the multitask adapter, then the oracles; at most `lora_group`
+        adapters of one kind per group. The grouping is part of the definition (a member's
+        floats depend on its group's batched kernels), never of the machine."""
+        held_in = [c.name for c in self.held_in_cells]
+        experts = [_Fit("expert", "expert", (c,), seed, c)
+                   for seed in self.spec.params["seeds"] for c in held_in]
+        oracles = [_Fit("expert", "oracle", (c.name,), 0, c.name) for c in self.held_out_cells]
+        size = self.spec.params["lora_group"]
+        chunks = [experts[i:i + size] for i in range(0, len(experts), size)]
+        chunks.append([_Fit("multitask", "multitask", tuple(held_in), 0, None)])
+        chunks += [oracles[i:i + size] for i in range(0, len(oracles), size)]
+        return chunks
+
+    def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict],
+                  jobs: JobRunner | None = None) -> None:
         from diffusers import DDIMScheduler
 
-        from mergezoo.eval.benchmarks.digits_diffusion_data import (cell_dataset,
-                                                                   dataset_tensors)
-        from mergezoo.eval.benchmarks.digits_diffusion_model import (SCHEDULER_CONFIG, TrainSpec,
-                                                                    add_lora, new_unet, train)
-
-        params = self.spec.params
-
-        def spec(kind: str) -> TrainSpec:
-            p = params[kind]
-            return TrainSpec(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"])
+        from mergezoo.eval.benchmarks.digits_diffusion_data import (
+            cell_dataset,
+            dataset_tensors,
+        )
+        from mergezoo.eval.benchmarks.digits_diffusion_model import (
+            SCHEDULER_CONFIG,
+            new_unet,
+            train,
+        )
+        from mergezoo.eval.benchmarks.training import JobRunner
 
         # the judge is part of the zoo too (a folder with its own card)
         self.judge()
         self._copy_judge(writer.root / f"{NAME}-judge")
         # base: plain style, every digit, train split only
         plain = cell_dataset(range(10), "plain", "train", self._splits())
+        started = time.perf_counter()
         with deterministic(0):
             base = new_unet(seed=0)
-            train(base, *dataset_tensors(plain), spec("pretrain"), seed=0)
-        base_name = writer.repo_name("base")
+            train(base, *dataset_tensors(plain), self._train_spec("pretrain"), seed=0)
+        log.info("%s: base pretrained in %.1f s", NAME, time.perf_counter() - started)
         writer.save_model(base, role="base", recipe=self._recipe("pretrain", 0, []).to_dict(),
                           library_name="diffusers", also_save=[DDIMScheduler(**SCHEDULER_CONFIG)],
                           summary="A UNet2DConditionModel pretrained on plain digits (all 10, "
                           "train split); unseen styles' embedding columns are exactly zero. Load "
                           "with `UNet2DConditionModel.from_pretrained`; conditioning in "
                           "`mergezoo.eval.benchmarks.digits_diffusion_model.conditioning`.")
+        # the adapters: independent groups, each job seeded by its members, saved by the job
+        groups = self._fits()
+        runner = jobs or JobRunner(1)
+        started = time.perf_counter()
+        entries = runner.map(_train_group, [(self, writer.detached(), g) for g in groups])
+        for group_entries in entries:
+            writer.record(group_entries)
+        log.info("%s: %d LoRA adapters in %d groups trained in %.1f s on %d worker(s)", NAME,
+                 sum(len(g) for g in groups), len(groups), time.perf_counter() - started,
+                 runner.workers)
 
-        def fit(kind: str, role: str, cells: list[str], seed: int, cell: str | None) -> None:
-            tensors = [dataset_tensors(data[c]["train"]) for c in cells]
-            x = torch.cat([t[0] for t in tensors])
-            d = torch.cat([t[1] for t in tensors])
-            s = [st for t in tensors for st in t[2]]
-            with deterministic(seed):
-                model = add_lora(copy.deepcopy(base), params["lora_rank"], seed, base_name)
-                train(model, x, d, s, spec(kind), seed=seed)
-            writer.save_model(_AdapterFolder(model), role=role, cell=cell, seed=seed,
-                              recipe=self._recipe(kind, seed, cells).to_dict(),
-                              base_model=base_name, trained_on=cells, library_name="peft",
-                              summary=f"A PEFT LoRA adapter of `{base_name}`.")
+    def _train_spec(self, kind: str) -> TrainSpec:
+        from mergezoo.eval.benchmarks.digits_diffusion_model import TrainSpec
 
-        for seed in params["seeds"]:
-            for cell in self.held_in_cells:
-                fit("expert", "expert", [cell.name], seed, cell.name)
-        fit("multitask", "multitask", [c.name for c in self.held_in_cells], 0, None)
-        for cell in self.held_out_cells:
-            fit("expert", "oracle", [cell.name], 0, cell.name)
+        p = self.spec.params[kind]
+        return TrainSpec(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"])
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """One LoRA adapter to train: its kind of schedule, role, cells, seed and cell."""
+
+    kind: str
+    role: str
+    cells: tuple[str, ...]
+    seed: int
+    cell: str | None
+
+
+def _train_group(job: tuple[DigitsDiffusion, ZooWriter, list[_Fit]]) -> list[dict[str, Any]]:
+    """Train one group of adapters of the zoo's saved base and save them into the zoo (a
+    worker-process job); returns their manifest entries, in group order."""
+    import torch
+
+    from mergezoo.eval.benchmarks.digits_diffusion_data import dataset_tensors
+    from mergezoo.eval.benchmarks.digits_diffusion_lora import (
+        LoraMember,
+        train_lora_group,
+    )
+    from mergezoo.eval.benchmarks.digits_diffusion_model import load_unet
+
+    bench, writer, fits = job
+    bench = bench.shared()
+    data = bench.data()
+    base_name = writer.repo_name("base")
+    base = load_unet(writer.root / base_name)
+    members = []
+    for fit in fits:
+        tensors = [dataset_tensors(data[c]["train"]) for c in fit.cells]
+        members.append(LoraMember(images=torch.cat([t[0] for t in tensors]),
+                                  digits=torch.cat([t[1] for t in tensors]),
+                                  styles=[st for t in tensors for st in t[2]], seed=fit.seed))
+    with deterministic(0):
+        models, _ = train_lora_group(base, members, bench._train_spec(fits[0].kind),
+                                     bench.spec.params["lora_rank"], base_name)
+    for fit, model in zip(fits, models):
+        recipe = bench._recipe(fit.kind, fit.seed, list(fit.cells)).to_dict()
+        recipe["trained_together"] = len(fits)
+        writer.save_model(_AdapterFolder(model), role=fit.role, cell=fit.cell, seed=fit.seed,
+                          recipe=recipe, base_model=base_name, trained_on=list(fit.cells),
+                          library_name="peft", summary=f"A PEFT LoRA adapter of `{base_name}`.")
+    return writer.models

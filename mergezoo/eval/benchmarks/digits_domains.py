@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import torch
     from datasets import Dataset, DatasetDict
 
+    from mergezoo.eval.benchmarks.training import JobRunner
     from mergezoo.eval.benchmarks.zoo_writer import ZooWriter
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,9 @@ class DigitsDomains(Benchmark):
         parts = [self.tensors(c, "train") for c in cells]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict]) -> None:
+    def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict],
+                  jobs: JobRunner | None = None) -> None:
+        # trains in this process (a few minutes in all); `jobs` speeds up its sanity numbers
         import copy
 
         import torch

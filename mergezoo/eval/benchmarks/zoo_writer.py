@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -89,6 +90,20 @@ class ZooWriter:
         self.datasets: dict[str, Any] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "benchmark.yaml").write_text(spec.to_yaml())
+
+    def detached(self) -> ZooWriter:
+        """A copy for a worker process: it saves model folders (and cards) into the same zoo
+        but lists them only in its own `models`; the owner adds them with `record`."""
+        twin = copy.copy(self)
+        twin.models, twin.datasets = [], {}
+        return twin
+
+    def record(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        """List models saved by a `detached` writer in this zoo's manifest, in the given order."""
+        for entry in entries:
+            if not (self.root / entry["name"]).is_dir():
+                raise BenchmarkError(f"{entry['name']}: recorded but not saved in {self.root}")
+            self.models.append(dict(entry))
 
     @property
     def data_path(self) -> str:
