@@ -24,6 +24,7 @@ def stack_weights(weights: list[float], like: torch.Tensor) -> torch.Tensor:
 
 
 BUCKETS = 1 << 16
+SIGN_BIT = -(1 << 31)  # int32 with only the sign bit set
 SMALL = 1 << 18  # below this many entries, selection beats two 65,536-bucket histograms
 
 
@@ -86,11 +87,15 @@ def _bracketed_threshold(bits_of: Magnitudes, n: int, k: int,
     # selections: several times cheaper than sorting the sample).
     high = int(torch.kthvalue(sample, m - max(0, int(rank) - margin)).values)
     low = int(torch.kthvalue(sample, m - min(m - 1, int(rank) + margin)).values)
+    # Comparisons that produce booleans are slow on CPU; in-place integer arithmetic is not.
+    # b > high is clamp(b - high, 0, 1); low <= b <= high is an unsigned b - low <= high - low,
+    # a signed comparison once the sign bits are flipped (bits are >= 0: no overflow).
     above, inside = 0, []
     for part in parts:
         b = bits_of(part)
-        above += int(torch.count_nonzero(b > high))
-        inside.append(b[(b >= low) & (b <= high)])
+        above += int((b - high).clamp_(0, 1).sum())
+        band = (b - low).bitwise_xor_(SIGN_BIT).le_((high - low) ^ SIGN_BIT)
+        inside.append(b[band.bool()])
     candidates = torch.cat(inside)
     need = k - above
     if not 0 < need <= candidates.numel():
