@@ -9,12 +9,7 @@ import copy
 import torch
 
 from mergezoo.eval.benchmarks import get_benchmark
-from mergezoo.eval.benchmarks.training import (
-    WORKERS_ENV,
-    JobRunner,
-    default_workers,
-    resident,
-)
+from mergezoo.eval.benchmarks.training import WORKERS_ENV, JobRunner, default_workers, resident
 
 
 def _seeded_job(seed: int) -> tuple[int, list[float]]:
@@ -50,16 +45,8 @@ def test_default_workers(monkeypatch):
 
 
 def test_lora_group_learns_what_each_adapter_learns_alone():
-    from mergezoo.eval.benchmarks.digits_diffusion_lora import (
-        LoraMember,
-        train_lora_group,
-    )
-    from mergezoo.eval.benchmarks.digits_diffusion_model import (
-        TrainSpec,
-        add_lora,
-        new_unet,
-        train,
-    )
+    from mergezoo.eval.benchmarks.digits_diffusion_lora import LoraMember, train_lora_group
+    from mergezoo.eval.benchmarks.digits_diffusion_model import TrainSpec, add_lora, new_unet, train
     from mergezoo.eval.benchmarks.training import deterministic
 
     gen = torch.Generator().manual_seed(0)
@@ -89,13 +76,16 @@ def test_lora_group_learns_what_each_adapter_learns_alone():
     assert any(not torch.equal(first[k], second[k]) for k in first)  # each learnt its own
 
 
-def test_group_size_is_part_of_the_definition(monkeypatch):
+def test_lora_groups_are_part_of_the_definition(monkeypatch):
     from mergezoo.eval.benchmarks import digits_diffusion
 
     before = get_benchmark("digits-diffusion", size="tiny").spec.definition_hash()
     params = copy.deepcopy(digits_diffusion.SIZE_PARAMS)
-    params["tiny"]["lora_group"] = 1
+    params["tiny"]["lora_groups"] = [3, 1]
     monkeypatch.setattr(digits_diffusion, "SIZE_PARAMS", params)
     bench = get_benchmark("digits-diffusion", size="tiny")
     assert bench.spec.definition_hash() != before
-    assert [len(g) for g in bench._fits()] == [1, 1, 1, 1, 1]
+    fits = bench._fits()
+    assert [f.role for f in fits] == ["expert", "expert", "multitask", "oracle", "oracle"]
+    # experts and oracles share a schedule and may share a group; the multitask trains alone
+    assert bench._groups() == [[0, 1, 3], [4], [2]]

@@ -56,14 +56,14 @@ ALL_STYLES = ["inverted", "rotated", "thick", "framed"]
 
 SIZE_PARAMS: dict[str, dict[str, Any]] = {
     "tiny": {"groups": ["group0", "group1"], "styles": ["inverted", "rotated"],
-             "seeds": [0], "lora_rank": 8, "lora_group": 12, "sample_steps": 8,
+             "seeds": [0], "lora_rank": 8, "lora_groups": [4], "sample_steps": 8,
              "eval_per_cell": 16,
              "pretrain": {"steps": 150, "batch_size": 32, "lr": 3e-3},
              "expert": {"steps": 60, "batch_size": 16, "lr": 6e-3},
              "multitask": {"steps": 80, "batch_size": 16, "lr": 6e-3},
              "judge": {"epochs": 2, "batch_size": 64, "lr": 3e-3}},
     "default": {"groups": list(ALL_GROUPS), "styles": ALL_STYLES,
-                "seeds": [0, 1, 2], "lora_rank": 16, "lora_group": 12, "sample_steps": 10,
+                "seeds": [0, 1, 2], "lora_rank": 16, "lora_groups": [15, 9], "sample_steps": 10,
                 "eval_per_cell": 40,
                 "pretrain": {"steps": 800, "batch_size": 64, "lr": 2e-3},
                 "expert": {"steps": 300, "batch_size": 16, "lr": 5e-3},
@@ -146,15 +146,17 @@ class DigitsDiffusion(Benchmark):
 
         return cache_root() / "judges" / f"{NAME}-{self.size}-{self.spec.definition_hash()[:12]}"
 
+    def _judge_ready(self) -> bool:
+        return (self.judge_dir() / "judge_config.json").is_file()
+
     def judge(self) -> Any:
         """The judge CNN, trained on real train-split digits in every style (cached on disk)."""
         from mergezoo.eval.benchmarks.digits_diffusion_judge import load_judge
 
         if self._judge is None:
-            folder = self.judge_dir()
-            if not (folder / "judge_config.json").is_file():
-                self._train_judge(folder)
-            self._judge = load_judge(str(folder))
+            if not self._judge_ready():
+                self._train_judge(self.judge_dir())
+            self._judge = load_judge(str(self.judge_dir()))
         return self._judge
 
     def _train_judge(self, folder: Path) -> None:
@@ -163,16 +165,10 @@ class DigitsDiffusion(Benchmark):
 
         import torch
 
-        from mergezoo.eval.benchmarks.digits_diffusion_data import (
-            STYLE_NAMES,
-            cell_dataset,
-            dataset_tensors,
-        )
-        from mergezoo.eval.benchmarks.digits_diffusion_judge import (
-            JudgeSpec,
-            save_judge,
-            train_judge,
-        )
+        from mergezoo.eval.benchmarks.digits_diffusion_data import (STYLE_NAMES, cell_dataset,
+                                                                    dataset_tensors)
+        from mergezoo.eval.benchmarks.digits_diffusion_judge import (JudgeSpec, save_judge,
+                                                                     train_judge)
 
         splits = self._splits()
 
@@ -254,10 +250,7 @@ class DigitsDiffusion(Benchmark):
     def average_models(self, model_dirs: Sequence[Path], out_dir: Path) -> Path | None:
         """Average of the experts as full UNets: each adapter merged into its base, then the
         weights averaged (= base + mean of the LoRA deltas)."""
-        from mergezoo.eval.benchmarks.digits_diffusion_model import (
-            load_generator,
-            save_unet,
-        )
+        from mergezoo.eval.benchmarks.digits_diffusion_model import load_generator, save_unet
 
         if not model_dirs:
             return None
@@ -280,39 +273,44 @@ class DigitsDiffusion(Benchmark):
                                   "adapter": None if kind == "pretrain" else
                                   {"type": "lora", "rank": self.spec.params["lora_rank"]}})
 
-    def _fits(self) -> list[list[_Fit]]:
-        """The LoRA trainings, in manifest order, cut into groups trained together: experts
-        (seeds x cells), then the multitask adapter, then the oracles; at most `lora_group`
-        adapters of one kind per group. The grouping is part of the definition (a member's
-        floats depend on its group's batched kernels), never of the machine."""
+    def _fits(self) -> list[_Fit]:
+        """Every LoRA adapter of the zoo, in manifest order: experts (seed by seed, cell by
+        cell), the multitask adapter, the oracles."""
         held_in = [c.name for c in self.held_in_cells]
-        experts = [_Fit("expert", "expert", (c,), seed, c)
-                   for seed in self.spec.params["seeds"] for c in held_in]
-        oracles = [_Fit("expert", "oracle", (c.name,), 0, c.name) for c in self.held_out_cells]
-        size = self.spec.params["lora_group"]
-        chunks = [experts[i:i + size] for i in range(0, len(experts), size)]
-        chunks.append([_Fit("multitask", "multitask", tuple(held_in), 0, None)])
-        chunks += [oracles[i:i + size] for i in range(0, len(oracles), size)]
-        return chunks
+        return ([_Fit("expert", "expert", (c,), seed, c)
+                 for seed in self.spec.params["seeds"] for c in held_in]
+                + [_Fit("multitask", "multitask", tuple(held_in), 0, None)]
+                + [_Fit("expert", "oracle", (c.name,), 0, c.name) for c in self.held_out_cells])
+
+    def _groups(self) -> list[list[int]]:
+        """Indices into `_fits()` of the adapters trained together, one list per job. The
+        experts and oracles (one schedule) are cut into groups of the sizes `lora_groups`
+        (the last size repeats); the multitask adapter (twice the steps) trains alone and goes
+        last, where it fills the time the smaller group leaves on two workers. The grouping
+        is part of the definition (a member's floats depend on its group's batched kernels),
+        never of the machine or the number of workers."""
+        fits = self._fits()
+        same = [i for i, f in enumerate(fits) if f.kind == "expert"]
+        sizes = list(self.spec.params["lora_groups"])
+        groups: list[list[int]] = []
+        while same:
+            size = sizes.pop(0) if len(sizes) > 1 else sizes[0]
+            groups.append(same[:size])
+            same = same[size:]
+        return groups + [[i for i, f in enumerate(fits) if f.kind != "expert"]]
 
     def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict],
                   jobs: JobRunner | None = None) -> None:
         from diffusers import DDIMScheduler
 
-        from mergezoo.eval.benchmarks.digits_diffusion_data import (
-            cell_dataset,
-            dataset_tensors,
-        )
-        from mergezoo.eval.benchmarks.digits_diffusion_model import (
-            SCHEDULER_CONFIG,
-            new_unet,
-            train,
-        )
+        from mergezoo.eval.benchmarks.digits_diffusion_data import cell_dataset, dataset_tensors
+        from mergezoo.eval.benchmarks.digits_diffusion_model import (SCHEDULER_CONFIG, new_unet,
+                                                                    train)
         from mergezoo.eval.benchmarks.training import JobRunner
 
-        # the judge is part of the zoo too (a folder with its own card)
-        self.judge()
-        self._copy_judge(writer.root / f"{NAME}-judge")
+        runner = jobs or JobRunner(1)
+        # the judge (cached across builds) trains in a worker while the base pretrains here
+        judge = None if self._judge_ready() else runner.submit(_train_judge_job, self)
         # base: plain style, every digit, train split only
         plain = cell_dataset(range(10), "plain", "train", self._splits())
         started = time.perf_counter()
@@ -326,16 +324,19 @@ class DigitsDiffusion(Benchmark):
                           "train split); unseen styles' embedding columns are exactly zero. Load "
                           "with `UNet2DConditionModel.from_pretrained`; conditioning in "
                           "`mergezoo.eval.benchmarks.digits_diffusion_model.conditioning`.")
+        if judge is not None:
+            judge.result()
+        # the judge is part of the zoo too (a folder with its own card)
+        self._copy_judge(writer.root / f"{NAME}-judge")
         # the adapters: independent groups, each job seeded by its members, saved by the job
-        groups = self._fits()
-        runner = jobs or JobRunner(1)
+        fits, groups = self._fits(), self._groups()
         started = time.perf_counter()
-        entries = runner.map(_train_group, [(self, writer.detached(), g) for g in groups])
-        for group_entries in entries:
-            writer.record(group_entries)
+        done = runner.map(_train_group, [(self, writer.detached(), [fits[i] for i in g])
+                                         for g in groups])
+        by_fit = {i: entry for g, entries in zip(groups, done) for i, entry in zip(g, entries)}
+        writer.record(by_fit[i] for i in range(len(fits)))
         log.info("%s: %d LoRA adapters in %d groups trained in %.1f s on %d worker(s)", NAME,
-                 sum(len(g) for g in groups), len(groups), time.perf_counter() - started,
-                 runner.workers)
+                 len(fits), len(groups), time.perf_counter() - started, runner.workers)
 
     def _train_spec(self, kind: str) -> TrainSpec:
         from mergezoo.eval.benchmarks.digits_diffusion_model import TrainSpec
@@ -355,16 +356,18 @@ class _Fit:
     cell: str | None
 
 
+def _train_judge_job(bench: DigitsDiffusion) -> None:
+    """Train and cache the judge (a worker-process job)."""
+    bench.shared().judge()
+
+
 def _train_group(job: tuple[DigitsDiffusion, ZooWriter, list[_Fit]]) -> list[dict[str, Any]]:
     """Train one group of adapters of the zoo's saved base and save them into the zoo (a
     worker-process job); returns their manifest entries, in group order."""
     import torch
 
     from mergezoo.eval.benchmarks.digits_diffusion_data import dataset_tensors
-    from mergezoo.eval.benchmarks.digits_diffusion_lora import (
-        LoraMember,
-        train_lora_group,
-    )
+    from mergezoo.eval.benchmarks.digits_diffusion_lora import LoraMember, train_lora_group
     from mergezoo.eval.benchmarks.digits_diffusion_model import load_unet
 
     bench, writer, fits = job
@@ -378,9 +381,12 @@ def _train_group(job: tuple[DigitsDiffusion, ZooWriter, list[_Fit]]) -> list[dic
         members.append(LoraMember(images=torch.cat([t[0] for t in tensors]),
                                   digits=torch.cat([t[1] for t in tensors]),
                                   styles=[st for t in tensors for st in t[2]], seed=fit.seed))
+    started = time.perf_counter()
     with deterministic(0):
         models, _ = train_lora_group(base, members, bench._train_spec(fits[0].kind),
                                      bench.spec.params["lora_rank"], base_name)
+    log.info("%s: trained %d adapter(s) together in %.1f s", NAME, len(fits),
+             time.perf_counter() - started)
     for fit, model in zip(fits, models):
         recipe = bench._recipe(fit.kind, fit.seed, list(fit.cells)).to_dict()
         recipe["trained_together"] = len(fits)

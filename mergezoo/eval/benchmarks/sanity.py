@@ -66,6 +66,15 @@ def _evaluate_job(job: tuple[Benchmark, Path, str, list[str] | None]) -> dict[st
     return benchmark.shared().evaluate(path, split, cells=cells)
 
 
+def _average_job(job: tuple[Benchmark, list[Path], Path, str]) -> dict[str, float] | None:
+    """A plain average of `dirs` saved in `out`, scored on every cell; None where the
+    benchmark cannot average them. Runs in a build worker."""
+    benchmark, dirs, out, split = job
+    bench = benchmark.shared()
+    avg = bench.average_models(dirs, out)
+    return None if avg is None else bench.evaluate(avg, split)
+
+
 def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], root: Path,
                    split: str = "test", jobs: JobRunner | None = None) -> dict[str, Any]:
     """Score the zoo's models (`models`: manifest entries, folders under `root`) on `split`.
@@ -86,14 +95,16 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
     if not bases:
         raise BenchmarkError(f"{benchmark.name}: the zoo has no base model")
     seeds = sorted({s for s, _ in paths("expert") if s is not None})
+    runner = jobs or JobRunner(1)
     with tempfile.TemporaryDirectory(prefix="mergezoo-avg-") as tmp:
-        averaged = []
-        for seed in seeds:
-            dirs = [root / m["name"] for m in models if m["role"] == "expert" and m["seed"] == seed]
-            avg = benchmark.average_models(dirs, Path(tmp) / f"seed{seed}")
-            if avg is not None:
-                averaged.append(avg)
-        # every evaluation, named so the results can be picked out again
+        # one average of the experts per seed, each made and scored in a worker
+        averaged = [[root / m["name"] for m in models
+                     if m["role"] == "expert" and m["seed"] == seed] for seed in seeds]
+        pending = [runner.submit(_average_job, (benchmark, dirs, Path(tmp) / f"seed{seed}",
+                                                split))
+                   for seed, dirs in zip(seeds, averaged)]
+        # every other evaluation, named so the results can be picked out again; the one-cell
+        # oracle evaluations last, so the workers finish close together
         todo: list[tuple[str, Path, list[str] | None]] = [("base", bases[0][1], None)]
         todo += [("multitask", p, None) for _, p in paths("multitask")]
         for cell in benchmark.held_in_cells:
@@ -101,10 +112,9 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
         for cell in benchmark.held_out_cells:
             todo += [(f"oracle:{cell.name}", p, [cell.name])
                      for _, p in paths("oracle", cell.name)[:1]]
-        todo += [("average", p, None) for p in averaged]
-        runner = jobs or JobRunner(1)
         try:
             scores = runner.map(_evaluate_job, [(benchmark, p, split, c) for _, p, c in todo])
+            averages = [a for a in (f.result() for f in pending) if a is not None]
         finally:
             if jobs is None:
                 runner.close()
@@ -118,7 +128,6 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
     own = {c: [run[c] for run in runs] for c, runs in by_expert.items()}
     oracle = {c.name: results[f"oracle:{c.name}"][0][c.name] for c in benchmark.held_out_cells
               if f"oracle:{c.name}" in results}
-    averages = results.get("average", [])
     rows = []
     for cell in benchmark.cells:
         runs = own.get(cell.name, [])

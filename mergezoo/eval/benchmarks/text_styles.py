@@ -70,10 +70,7 @@ class _SentenceTransformerFiles:
     """Copies the base's sentence-transformers files (pooling config) into a saved model."""
 
     def save_pretrained(self, path: str) -> None:
-        from mergezoo.eval.benchmarks.text_styles_model import (
-            _ST_FILES,
-            base_model_path,
-        )
+        from mergezoo.eval.benchmarks.text_styles_model import _ST_FILES, base_model_path
 
         src = base_model_path()
         for name in _ST_FILES:
@@ -123,11 +120,8 @@ class TextStyles(Benchmark):
     def label_embeddings(self) -> dict[str, Any]:
         """Each task's label-name embeddings by the real base model (computed once, frozen)."""
         if self._labels is None:
-            from mergezoo.eval.benchmarks.text_styles_model import (
-                base_model_path,
-                label_embeddings,
-                load_encoder,
-            )
+            from mergezoo.eval.benchmarks.text_styles_model import (base_model_path,
+                                                                    label_embeddings, load_encoder)
 
             base = load_encoder(base_model_path())
             self._labels = {t: label_embeddings(base, t) for t in self.factors["task"]}
@@ -166,10 +160,7 @@ class TextStyles(Benchmark):
 
     def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict],
                   jobs: JobRunner | None = None) -> None:
-        from mergezoo.eval.benchmarks.text_styles_model import (
-            base_model_path,
-            load_encoder,
-        )
+        from mergezoo.eval.benchmarks.text_styles_model import base_model_path, load_encoder
         from mergezoo.eval.benchmarks.training import JobRunner
 
         base = load_encoder(base_model_path())
@@ -193,12 +184,8 @@ def _finetune_job(job: tuple[TextStyles, ZooWriter, tuple[str, str, tuple[str, .
                                                            str | None]]) -> dict[str, Any]:
     """Fine-tune one encoder (kind, role, cells, seed, cell) from the real base and save it into
     the zoo (a worker-process job); returns its manifest entry."""
-    from mergezoo.eval.benchmarks.text_styles_model import (
-        FinetuneSpec,
-        base_model_path,
-        finetune,
-        load_encoder,
-    )
+    from mergezoo.eval.benchmarks.text_styles_model import (FinetuneSpec, base_model_path, finetune,
+                                                            load_encoder)
     from mergezoo.eval.benchmarks.training import resident
 
     bench, writer, (kind, role, cells, seed, cell) = job

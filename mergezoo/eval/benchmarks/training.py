@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, TypeVar
@@ -131,9 +132,13 @@ def resident(key: Hashable, make: Callable[[], T]) -> T:
     return _RESIDENT[key]
 
 
-#: imported once by the fork server, so a worker starts in milliseconds rather than seconds
-_PRELOAD = ["torch", "datasets", "transformers", "diffusers", "peft", "safetensors",
-            "mergezoo.eval.benchmarks"]
+#: imported once by the fork server, so a worker starts in milliseconds rather than seconds:
+#: the built-in benchmarks' model modules (diffusers and transformers import their model
+#: classes lazily, several seconds' worth)
+_PRELOAD = ["torch", "datasets", "peft", "safetensors", "mergezoo.eval.benchmarks",
+            "mergezoo.eval.benchmarks.digits_diffusion_lora",
+            "mergezoo.eval.benchmarks.text_styles_model", "transformers.models.bert.modeling_bert",
+            "transformers.models.vit.modeling_vit"]
 
 
 def _worker_context() -> Any:
@@ -150,10 +155,16 @@ def _worker_context() -> Any:
     return ctx
 
 
-def _init_worker(environ: dict[str, str]) -> None:
+def _init_worker(environ: dict[str, str], log_level: int) -> None:
     """Set up a worker process: the parent's environment as it is now (a fork server keeps the
     one it started with; MERGEZOO_CACHE may have changed since), one torch thread (the jobs
-    are tiny, and results must not depend on the machine's core count), no progress bars."""
+    are tiny, and results must not depend on the machine's core count), no progress bars, and
+    the parent's log level (INFO and below: job timings on stderr)."""
+    import logging
+
+    if log_level <= logging.INFO:
+        logging.basicConfig(level=log_level,
+                            format="%(asctime)s %(processName)s %(name)s %(message)s")
     os.environ.clear()
     os.environ.update(environ)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -185,14 +196,25 @@ class JobRunner:
         """Start the worker processes now, in the background (they take seconds to import
         torch and friends), so they are ready when the first jobs come."""
         if self.workers > 1 and self._pool is None:
+            import logging
             from concurrent.futures import ProcessPoolExecutor
 
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=_worker_context(),
-                                             initializer=_init_worker,
-                                             initargs=(dict(os.environ),))
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=_worker_context(), initializer=_init_worker,
+                initargs=(dict(os.environ), logging.getLogger().getEffectiveLevel()))
             for _ in range(self.workers):
                 self._pool.submit(os.getpid)  # the executor starts a process per submission
         return self
+
+    def submit(self, fn: Callable[[T], R], item: T) -> Future[R]:
+        """Start ``fn(item)`` in a worker and return its future; with one worker it runs here,
+        now, and the future is already done."""
+        if self.workers > 1:
+            return self.start()._pool.submit(fn, item)
+        done: Future[R] = Future()
+        with torch_threads(1):
+            done.set_result(fn(item))
+        return done
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``[fn(item) for item in items]``, run in the workers."""
