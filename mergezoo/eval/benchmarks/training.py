@@ -183,9 +183,9 @@ class JobRunner:
 
     With one worker the jobs run here, one after the other; with more they run in that many
     worker processes, started once (see `_worker_context`) and reused for every `map` until
-    `close`. Every job runs on one torch thread either way, and a
-    job must seed itself from its own item, so results are the same for any worker count and
-    any scheduling. ``fn`` and the items must pickle (``fn`` a module-level function).
+    `close`. Every job runs on one torch thread either way, and a job must seed itself from its
+    own item, so results are the same for any worker count and any scheduling. ``fn`` and the
+    items must pickle (``fn`` a module-level function).
     """
 
     def __init__(self, workers: int | None = None) -> None:
