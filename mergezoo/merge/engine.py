@@ -120,6 +120,17 @@ def _specialize(spec: MergeMethod, kwargs: dict[str, Any], key: str, position: f
     return out
 
 
+PAGE = 4096
+
+
+def _touch_pages(tensor: torch.Tensor) -> torch.Tensor:
+    """Read one byte of every page of a contiguous tensor, so that a memory-mapped file's pages
+    are read and mapped now (on the reader thread), not when the merge first touches them."""
+    if tensor.is_contiguous() and tensor.numel():
+        tensor.reshape(-1).view(torch.uint8)[::PAGE].max()
+    return tensor
+
+
 def _first_bad_input(key: str, sources: list[TensorSource]) -> str | None:
     """The input whose tensor `key` holds NaN or Inf, read afresh (the engine's copies have
     been worked on in place by then)."""
@@ -183,8 +194,10 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
             return [reference.get(key)]
         if dev.type != "cpu":
             return [src.get(key).pin_memory() for src in inputs]
-        return [in_ring.take(turn, slot, plan[key][0], dtype if whole else src.dtype(key))
-                .copy_(src.get(key)) for slot, src in enumerate(inputs)]
+        if not whole:  # slices are converted from the mapping itself: fault its pages in here
+            return [_touch_pages(src.get(key)) for src in inputs]
+        return [in_ring.take(turn, slot, plan[key][0], dtype).copy_(src.get(key))
+                for slot, src in enumerate(inputs)]
 
     float_keys = [k for k in keys if reference.dtype(k).is_floating_point]
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-read")
