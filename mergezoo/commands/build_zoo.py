@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from mergezoo.errors import BenchmarkError
 from mergezoo.eval.benchmarks.spec import SIZES
 
 COLUMNS = ("base", "own_expert", "best_expert", "multitask", "oracle", "experts_average")
@@ -28,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="tiny: under a minute, for tests; default: a few minutes (default)")
     p.add_argument("--out", metavar="DIR", help="build into DIR instead of the cache folder")
     p.add_argument("--force", action="store_true", help="rebuild even if a zoo is there")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes for the independent trainings (default: "
+                   "$MERGEZOO_BUILD_WORKERS, else min(2, cores)); the zoo is the same for any N")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -43,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from mergezoo.eval.benchmarks.sanity import compute_sanity
 
     bench = get_benchmark(args.benchmark, size=args.size)
-    zoo = bench.build(out=args.out, force=args.force)
+    if args.workers is not None and args.workers < 1:
+        raise BenchmarkError(f"--workers must be at least 1, got {args.workers}")
+    zoo = bench.build(out=args.out, force=args.force, workers=args.workers)
     sanity = zoo.sanity or compute_sanity(bench, zoo.manifest["models"], zoo.root)
     info = zoo.build_info
     if args.json:

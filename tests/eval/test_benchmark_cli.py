@@ -39,6 +39,11 @@ def test_build_zoo_unknown_benchmark_exits_2(capsys):
     assert "no-such-bench" in capsys.readouterr().err
 
 
+def test_build_zoo_refuses_zero_workers_before_building(capsys):
+    assert main(["build-zoo", "digits-domains", "--size", "tiny", "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
 def test_benchmarks_lists_factors_and_cells(capsys):
     assert main(["benchmarks", "--json"]) == 0
     listed = {b["name"]: b for b in json.loads(capsys.readouterr().out)}

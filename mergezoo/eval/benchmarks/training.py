@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, TypeVar
 
+from mergezoo.merge.threads import torch_threads  # noqa: F401  (one helper for merge and eval)
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -48,23 +50,6 @@ class TrainRecipe:
         extra = out.pop("extra")
         out.update(extra)
         return out
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block on `threads` torch threads (None: leave as is), then restore the count.
-    Tiny models run far faster on one thread, above all on a busy machine."""
-    import torch
-
-    if threads is None:
-        yield
-        return
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 @contextmanager
