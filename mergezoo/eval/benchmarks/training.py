@@ -20,8 +20,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, TypeVar
 
-from mergezoo.merge.threads import torch_threads  # noqa: F401  (one helper for merge and eval)
-
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -50,6 +48,16 @@ class TrainRecipe:
         extra = out.pop("extra")
         out.update(extra)
         return out
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """The merge engine's `mergezoo.merge.threads.torch_threads`, imported when used: importing
+    this module must stay cheap (torch and the merge package take seconds)."""
+    from mergezoo.merge.threads import torch_threads as scoped
+
+    with scoped(threads):
+        yield
 
 
 @contextmanager
