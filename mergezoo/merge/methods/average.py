@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from mergezoo.merge.ops import combine
 from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
 
 
@@ -29,9 +30,6 @@ def average(x: MergeInputs, *, weight: list[float] = 1.0, normalize: bool = True
     total = sum(weight)
     if normalize and abs(total) < 1e-8:
         raise ValueError("the model weights sum to zero; cannot normalize")
-    first = x.models[0]
-    merged = (first.mul_(weight[0]) if x.owned else first * weight[0]) if weight[0] != 1 else \
-        (first if x.owned else first.clone())
-    for model, w in zip(x.models[1:], weight[1:]):  # accumulate: no stacked copy of the models
-        merged.add_(model, alpha=w)
-    return merged.div_(total) if normalize else merged
+    # The weighted sum of the models, as task arithmetic sums task vectors.
+    return combine(x.models, weight, sign_rule=None, normalize=normalize, lambda_=1.0,
+                   owned=x.owned)
