@@ -330,10 +330,10 @@ class _TensorMerger:
                     self.scratch = [new_scratch(len(tensors), self.dtype)
                                     for _ in range(self.workers)]
                 view = SlicedTensor(key, tensors, has_base=self.use_base, dtype=self.dtype,
-                                    scratch=self.scratch[0], pool=self.pool)
+                                    pool=self.pool)
                 finite = merge_sliced(self.spec, hp, view, out, state=self.state, scale=scale,
                                       generators=lambda j: self.generators(key, view.n_models, j),
-                                      pool=self.pool, scratch=self.scratch)
+                                      scratch=self.scratch)
             else:
                 finite = self._merge_whole(key, tensors, hp, scale, out)
         except (ValueError, RuntimeError) as err:

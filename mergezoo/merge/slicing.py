@@ -31,38 +31,35 @@ T = TypeVar("T")
 class SlicedTensor:
     """One tensor of every input (the base first, when the method uses it), kept in the
     inputs' dtypes and read in the compute dtype one slice of the flattened tensor at a time.
-    `parts` are the slices a merge visits, in order. `pool` runs independent work of a
-    `per_tensor` pass (one task vector each) side by side."""
+    `parts` are the slices a merge visits, in order. `pool` (the engine's compute threads, if
+    several) runs slices, and a `per_tensor` pass's task vectors, side by side."""
 
     def __init__(self, key: str, inputs: list[torch.Tensor], *, has_base: bool,
-                 dtype: torch.dtype = torch.float32,
-                 scratch: list[torch.Tensor] | None = None, pool: Executor | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, pool: Executor | None = None) -> None:
         self.key = key
         self.flat = [t.reshape(-1) for t in inputs]
         self.n = self.flat[0].numel()
         self.has_base = has_base
         self.dtype = dtype
         self.parts = chunks(self.n, torch.device("cpu"))
-        self._scratch = scratch if scratch is not None else new_scratch(len(inputs), dtype)
-        self._pool = pool
+        self.pool = pool
 
     def map(self, fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
         """[fn(item) for item in items], on the engine's compute threads when it has several;
         `fn` must not use `read` (its buffers are shared)."""
-        if self._pool is None:
+        if self.pool is None:
             return [fn(item) for item in items]
-        return list(self._pool.map(fn, items))
+        return list(self.pool.map(fn, items))
 
     @property
     def n_models(self) -> int:
         return len(self.flat) - int(self.has_base)
 
-    def read(self, part: slice, scratch: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Every input's entries in `part`, in the compute dtype, in scratch buffers (the
-        view's own, or `scratch`) that the caller may change in place; the next `read` into
-        the same buffers overwrites them."""
+    def read(self, part: slice, buffers: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every input's entries in `part`, in the compute dtype, in `buffers` (one per input,
+        see `new_scratch`) that the caller may change in place until the next `read` into
+        them."""
         size = part.stop - part.start
-        buffers = self._scratch if scratch is None else scratch
         return [buf[:size].copy_(flat[part]) for buf, flat in zip(buffers, self.flat)]
 
     def delta(self, i: int, part: slice) -> torch.Tensor:
@@ -83,19 +80,20 @@ Generators = Callable[[int], "list[torch.Generator] | None"]  # slice index -> o
 
 def merge_sliced(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor, out: torch.Tensor,
                  *, generators: Generators | None = None, state: Any = None,
-                 scale: float = 1.0, pool: Executor | None = None,
-                 scratch: list[list[torch.Tensor]] | None = None) -> bool:
+                 scale: float = 1.0, scratch: list[list[torch.Tensor]] | None = None) -> bool:
     """Merge `view` into `out` (the output's shape and dtype) slice by slice with the
     element-wise method `spec`; a task-vector method's result is scaled by `scale` (LiNeS) and
     added to the base. Returns False when the merged values hold NaN or Inf.
 
-    With a `pool` of W threads and W `scratch` buffer sets, W workers merge every W-th slice
-    side by side; slices are independent (the per-tensor state is per slice, and random
-    methods draw from `generators(slice_index)`), so the result is the same either way."""
+    `scratch` holds buffer sets (see `new_scratch`; one is made when None). With the view's
+    `pool` and W sets, W workers merge every W-th slice side by side; slices are independent
+    (the per-tensor state is per slice, and random methods draw from
+    `generators(slice_index)`), so the result is the same either way."""
+    scratch = scratch or [new_scratch(len(view.flat), view.dtype)]
     tensor_state = spec.per_tensor(view, hp) if spec.per_tensor else None
     flat_out = out.view(-1)
 
-    def merge_every(first: int, step: int, buffers: list[torch.Tensor] | None) -> bool:
+    def merge_every(first: int, step: int, buffers: list[torch.Tensor]) -> bool:
         total = torch.zeros((), dtype=torch.float64)
         for j in range(first, len(view.parts), step):
             part = view.parts[j]
@@ -113,8 +111,8 @@ def merge_sliced(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor, out:
             flat_out[part].copy_(merged.reshape(-1))
         return bool(torch.isfinite(total))
 
-    workers = min(len(scratch or []), len(view.parts)) if pool is not None else 0
+    workers = min(len(scratch), len(view.parts)) if view.pool is not None else 1
     if workers < 2:
-        return merge_every(0, 1, scratch[0] if scratch else None)
-    done = [pool.submit(merge_every, w, workers, scratch[w]) for w in range(workers)]
+        return merge_every(0, 1, scratch[0])
+    done = [view.pool.submit(merge_every, w, workers, scratch[w]) for w in range(workers)]
     return all([f.result() for f in done])

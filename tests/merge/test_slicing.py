@@ -36,13 +36,13 @@ def _generators(spec, slice_index: int = 0) -> list[torch.Generator] | None:
 def _sliced(spec, kwargs, base, models, workers: int) -> torch.Tensor:
     uses_base = bool(spec.needs.base)
     inputs = ([base] if uses_base else []) + models
-    view = SlicedTensor("w", inputs, has_base=uses_base)
-    assert len(view.parts) == 3
     out = torch.empty(SHAPE, dtype=torch.float32)
     scratch = [new_scratch(len(inputs), torch.float32) for _ in range(workers)]
     with ThreadPoolExecutor(workers) as pool:
+        view = SlicedTensor("w", inputs, has_base=uses_base, pool=pool if workers > 1 else None)
+        assert len(view.parts) == 3
         assert merge_sliced(spec, kwargs, view, out, generators=lambda j: _generators(spec, j),
-                            pool=pool if workers > 1 else None, scratch=scratch)
+                            scratch=scratch)
     return out
 
 
