@@ -299,23 +299,20 @@ class _TensorMerger:
     pool: ThreadPoolExecutor | None = None  # compute threads for slice-by-slice merging
     workers: int = 1
 
-    def generators(self, key: str, n_models: int,
-                   slice_index: int = 0) -> list[torch.Generator] | None:
-        """For random methods, a generator per model seeded from the merge seed, the tensor's
-        name, the slice and the model's index: each draw is reproducible whatever else is
-        merged, and in whatever order or on whichever thread the slices are merged."""
+    def seeds(self, key: str, n_models: int) -> list[int] | None:
+        """For random methods, a 32-bit key per model from the merge seed, the tensor's name
+        and the model's index. Draws hash (key, entry index), so each is reproducible whatever
+        else is merged, and however the tensor is sliced or spread over threads."""
         if not self.spec.random:
             return None
-        seed = (self.seed * 1_000_003 + zlib.crc32(key.encode())) * 65_537 + slice_index
-        return [torch.Generator(device=self.dev).manual_seed((seed * 7_919 + i) % (2**63))
-                for i in range(n_models)]
+        return [zlib.crc32(f"{self.seed}/{key}/{i}".encode()) for i in range(n_models)]
 
     def inputs(self, key: str, tensors: list[torch.Tensor]) -> MergeInputs:
         on_device = [t.to(self.dev, dtype=self.dtype, non_blocking=True) for t in tensors]
         base = on_device[0] if self.use_base else None
         models = on_device[1:] if self.use_base else on_device
         return MergeInputs(key=key, base=base, models=models,
-                           generators=self.generators(key, len(models)),
+                           seeds=self.seeds(key, len(models)),
                            state=self.state, owned=True)
 
     def merge(self, key: str, tensors: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
@@ -332,8 +329,7 @@ class _TensorMerger:
                 view = SlicedTensor(key, tensors, has_base=self.use_base, dtype=self.dtype,
                                     pool=self.pool)
                 finite = merge_sliced(self.spec, hp, view, out, state=self.state, scale=scale,
-                                      generators=lambda j: self.generators(key, view.n_models, j),
-                                      scratch=self.scratch)
+                                      seeds=self.seeds(key, view.n_models), scratch=self.scratch)
             else:
                 finite = self._merge_whole(key, tensors, hp, scale, out)
         except (ValueError, RuntimeError) as err:

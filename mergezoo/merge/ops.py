@@ -71,10 +71,26 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | No
 
 
 Magnitudes = Callable[[slice], torch.Tensor]  # a slice of a flat tensor -> its magnitude bits
+# (part, low, high) -> (how many magnitude bits in part are > high, those in [low, high])
+BandScan = Callable[[slice, int, int], "tuple[int, torch.Tensor]"]
 
 
-def _bracketed_threshold(bits_of: Magnitudes, n: int, k: int,
-                         parts: list[slice]) -> tuple[int, int, list[int]] | None:
+def band_of(bits_of: Magnitudes) -> BandScan:
+    """The bracket pass's scan of one part, in torch operations."""
+    def scan(part: slice, low: int, high: int) -> tuple[int, torch.Tensor]:
+        b = bits_of(part)
+        # Comparisons that produce booleans are slow on CPU; in-place integer arithmetic is
+        # not. b > high is clamp(b - high, 0, 1); low <= b <= high is an unsigned
+        # b - low <= high - low, a signed comparison once the sign bits are flipped (bits are
+        # >= 0: no overflow).
+        above = int((b - high).clamp_(0, 1).sum())
+        band = (b - low).bitwise_xor_(SIGN_BIT).le_((high - low) ^ SIGN_BIT)
+        return above, b[band.bool()]
+    return scan
+
+
+def _bracketed_threshold(bits_of: Magnitudes, n: int, k: int, parts: list[slice],
+                         scan: BandScan | None = None) -> tuple[int, int, list[int]] | None:
     """Fast path of `TopKCut.find`: bracket the threshold with a strided sample, then one pass
     counts the entries above the bracket and gathers those inside it (about 1% of them), where
     an exact selection finishes. Returns (threshold, ties, entries equal to the threshold in
@@ -87,15 +103,12 @@ def _bracketed_threshold(bits_of: Magnitudes, n: int, k: int,
     # selections: several times cheaper than sorting the sample).
     high = int(torch.kthvalue(sample, m - max(0, int(rank) - margin)).values)
     low = int(torch.kthvalue(sample, m - min(m - 1, int(rank) + margin)).values)
-    # Comparisons that produce booleans are slow on CPU; in-place integer arithmetic is not.
-    # b > high is clamp(b - high, 0, 1); low <= b <= high is an unsigned b - low <= high - low,
-    # a signed comparison once the sign bits are flipped (bits are >= 0: no overflow).
+    scan = scan or band_of(bits_of)
     above, inside = 0, []
     for part in parts:
-        b = bits_of(part)
-        above += int((b - high).clamp_(0, 1).sum())
-        band = (b - low).bitwise_xor_(SIGN_BIT).le_((high - low) ^ SIGN_BIT)
-        inside.append(b[band.bool()])
+        part_above, band = scan(part, low, high)
+        above += part_above
+        inside.append(band)
     candidates = torch.cat(inside)
     need = k - above
     if not 0 < need <= candidates.numel():
@@ -146,13 +159,14 @@ class TopKCut:
 
     @classmethod
     def find(cls, bits_of: Magnitudes, n: int, k: int, parts: list[slice] | None = None,
-             device: torch.device | str = "cpu") -> "TopKCut":
+             device: torch.device | str = "cpu", scan: BandScan | None = None) -> "TopKCut":
+        """The cut; `scan` (see `band_of`) may do the bracket pass faster than `bits_of`."""
         parts = parts or [slice(0, n)]
         if n <= SMALL:  # a plain selection beats histograms and sampling here
             bits = bits_of(slice(0, n))
             threshold = int(torch.kthvalue(bits, bits.numel() - k + 1).values)
             return cls(threshold, [k - int(torch.count_nonzero(bits > threshold))])
-        threshold, ties, equal = _bracketed_threshold(bits_of, n, k, parts) or \
+        threshold, ties, equal = _bracketed_threshold(bits_of, n, k, parts, scan) or \
             _radix_threshold(bits_of, k, parts, torch.device(device))
         allowed = []
         for count in equal:  # the tied entries that belong to the top k come first
@@ -208,28 +222,49 @@ def keep_top_k_(delta: torch.Tensor, k: int) -> torch.Tensor:
     return delta
 
 
-def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator | None,
-                rescale: bool = True, *, owned: bool = False) -> torch.Tensor:
-    """DARE: keep each entry with probability `density`, and divide survivors by `density`.
-    With `owned`, `delta` is changed in place.
+GOLDEN = 0x9E3779B9  # the counter's stride: consecutive entries hash far apart
+MASK32 = 0xFFFFFFFF
 
-    Each entry's draw is a 16-bit uniform lane of a 64-bit random integer (a quarter of the
-    generator calls of one float per entry, the cost that dominates DARE on CPU), so the keep
-    probability is `density` rounded to a multiple of 1/65536.
+
+def keep_lanes(key: int, offset: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """DARE's random numbers: for entries offset .. offset+n-1 of a tensor, a uniform 16-bit
+    lane each (int64 in [0, 65536)), a counter-based hash of (key, entry index).
+
+    Each entry's draw depends only on the key (one per seed, tensor and model) and its index,
+    so any slicing of the tensor, on any number of threads, draws the same; the fused kernels
+    (`kernels._lane`) compute the very same hash. The mixer is Wellons' lowbias32.
+    """
+    x = torch.arange(offset, offset + n, dtype=torch.int64, device=device)
+    # 64-bit products wrap, but their low 32 bits, all that is kept, are exact.
+    x = x.mul_(GOLDEN).add_(key).bitwise_and_(MASK32)
+    x = x.bitwise_xor_(x >> 16).mul_(0x7FEB352D).bitwise_and_(MASK32)
+    x = x.bitwise_xor_(x >> 15).mul_(0x846CA68B).bitwise_and_(MASK32)
+    return x.bitwise_xor_(x >> 16) >> 16
+
+
+def drop_threshold(density: float) -> int:
+    """Keep an entry when its 16-bit lane is below this: the keep probability is `density`
+    rounded to a multiple of 1/65536."""
+    return round(density * 65536)
+
+
+def random_drop(delta: torch.Tensor, density: float, key: int, rescale: bool = True, *,
+                offset: int = 0, owned: bool = False) -> torch.Tensor:
+    """DARE: keep each entry with probability `density`, and divide survivors by `density`.
+    The draws come from `keep_lanes(key, offset + i)` for flat entry i of `delta` (`offset`:
+    where `delta` starts in its whole tensor). With `owned`, `delta` is changed in place.
     """
     if density >= 1:
         return delta
     kept = delta if owned and delta.is_contiguous() else delta.contiguous().clone()
     flat = kept.view(-1)
-    below = round(density * 65536) - 32768  # keep when the signed 16-bit lane is below this
-    for part in chunks(flat.numel(), flat.device):  # draws in a fixed order: reproducible
+    below = drop_threshold(density)
+    for part in chunks(flat.numel(), flat.device):
         piece = flat[part]
-        words = torch.randint(-2**63, 2**63 - 1, ((piece.numel() + 3) // 4,), dtype=torch.int64,
-                              generator=generator, device=piece.device)
+        lanes = keep_lanes(key, offset + part.start, piece.numel(), piece.device)
         # keep = (lane < below), as 1.0 / 0.0 by arithmetic: the lanes are integers, so
         # clamp(below - lane, 0, 1) is 1 exactly when lane < below (comparisons are slow on CPU).
-        lanes = words.view(torch.int16)[: piece.numel()].to(piece.dtype)
-        piece.mul_(lanes.neg_().add_(below).clamp_(0, 1))
+        piece.mul_(lanes.neg_().add_(below).clamp_(0, 1).to(piece.dtype))
         if rescale:
             piece.div_(density)
     return kept

@@ -71,9 +71,11 @@ class MergeInputs:
     key: str
     base: torch.Tensor | None
     models: list[torch.Tensor]
-    # For random methods, one generator per model, seeded from the seed, the tensor's name and
-    # the model's index: a model's draws do not depend on how the tensor is sliced.
-    generators: list[torch.Generator] | None = None
+    # For random methods, one 32-bit key per model, from the seed, the tensor's name and the
+    # model's index; draws are a hash of (key, entry index) (see `ops.keep_lanes`), so they do
+    # not depend on how the tensor is sliced.
+    seeds: list[int] | None = None
+    offset: int = 0  # the flat index of these tensors' first entry in the whole tensor
     state: Any = None  # what the method's `prepare` pass returned
     # What the method's `per_tensor` pass returned for this tensor, when the engine merges it
     # slice by slice (see `MergeMethod.elementwise`); None otherwise.
@@ -171,6 +173,9 @@ class MergeMethod:
     # per_tensor(view, hp) -> state: a first pass over one tensor's slices before they are
     # merged (e.g. each task vector's top-k threshold); `view` is a `SlicedTensor`.
     per_tensor: Callable | None = None
+    # fused(x, **hp) -> kernels.Combine: the method as data, which the engine's fused CPU
+    # kernels run in one pass per slice (`x` holds seeds and states, no tensors); None: eager.
+    fused: Callable | None = None
     aliases: tuple[str, ...] = ()
     check: Callable[[dict[str, Any]], None] | None = None  # raises ValueError on bad combinations
 
@@ -251,16 +256,18 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
                  random: bool = False, aliases: tuple[str, ...] = (),
                  helps: dict[str, str] | None = None,
                  check: Callable[[dict[str, Any]], None] | None = None,
-                 elementwise: bool = False, per_tensor: Callable | None = None) -> Callable:
+                 elementwise: bool = False, per_tensor: Callable | None = None,
+                 fused: Callable | None = None) -> Callable:
     """Register a merge method. See the module docstring for an example.
 
     `elementwise=True` promises that the function, given the slices of every input at the same
     positions, returns the merged slice (so it must not look at shapes or whole-tensor
-    statistics, except through `per_tensor`'s state in `x.tensor_state`).
+    statistics, except through `per_tensor`'s state in `x.tensor_state`). `fused` gives the
+    same merge as data for the fused kernels (`mergezoo.merge.kernels.Combine`).
     """
-    if per_tensor is not None and not elementwise:
-        raise ValueError(f"{name}: per_tensor is a pass before a slice-by-slice merge; "
-                         "it needs elementwise=True")
+    if (per_tensor is not None or fused is not None) and not elementwise:
+        raise ValueError(f"{name}: per_tensor and fused are for slice-by-slice merges; "
+                         "they need elementwise=True")
 
     def register(fn: Callable) -> Callable:
         if name in _REGISTRY or name in _ALIASES:
@@ -272,7 +279,8 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
         _REGISTRY[name] = MergeMethod(name=name, fn=fn, paper=paper, needs=needs, grid=grid,
                                       hyperparameters=hps, returns=returns, prepare=prepare,
                                       random=random, aliases=aliases, check=check,
-                                      elementwise=elementwise, per_tensor=per_tensor)
+                                      elementwise=elementwise, per_tensor=per_tensor,
+                                      fused=fused)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn

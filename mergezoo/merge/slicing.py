@@ -16,11 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 
+from mergezoo.merge import kernels
 from mergezoo.merge.ops import CHUNK, chunks
 from mergezoo.merge.registry import MergeInputs, MergeMethod
 
@@ -35,7 +37,8 @@ class SlicedTensor:
     several) runs slices, and a `per_tensor` pass's task vectors, side by side."""
 
     def __init__(self, key: str, inputs: list[torch.Tensor], *, has_base: bool,
-                 dtype: torch.dtype = torch.float32, pool: Executor | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, pool: Executor | None = None,
+                 fused: bool = True) -> None:
         self.key = key
         self.flat = [t.reshape(-1) for t in inputs]
         self.n = self.flat[0].numel()
@@ -43,6 +46,12 @@ class SlicedTensor:
         self.dtype = dtype
         self.parts = chunks(self.n, torch.device("cpu"))
         self.pool = pool
+        # The inputs as numpy arrays for the fused kernels, when they can read them.
+        self.arrays = [_as_array(t) for t in self.flat] \
+            if fused and dtype == torch.float32 and kernels.enabled() \
+            and len({t.dtype for t in self.flat}) == 1 else None
+        if self.arrays is not None and any(a is None for a in self.arrays):
+            self.arrays = None
 
     def map(self, fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
         """[fn(item) for item in items], on the engine's compute threads when it has several;
@@ -69,29 +78,66 @@ class SlicedTensor:
         model = self.flat[1 + i][part].to(self.dtype, copy=True)
         return model.sub_(self.flat[0][part])
 
+    def band_scan(self, i: int) -> "Callable[[slice, int, int], tuple[int, torch.Tensor]] | None":
+        """`ops.TopKCut`'s bracket pass over model `i`'s task vector in one fused pass per
+        slice (see `kernels.band_scan`), or None where the kernels cannot read the inputs."""
+        if self.arrays is None or not self.has_base:
+            return None
+        base, model = self.arrays[0], self.arrays[1 + i]
+
+        def scan(part: slice, low: int, high: int) -> tuple[int, torch.Tensor]:
+            above, band = kernels.band_scan(base[part], model[part], low, high)
+            return above, torch.from_numpy(band)
+        return scan
+
+
+def _as_array(t: torch.Tensor):
+    """A CPU tensor as a numpy array the kernels read (bf16 as its uint16 bits), or None."""
+    if t.device.type != "cpu" or not t.is_contiguous():
+        return None
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view("uint16")
+    if t.dtype == torch.float32:
+        return t.numpy()
+    return None
+
 
 def new_scratch(n_inputs: int, dtype: torch.dtype) -> list[torch.Tensor]:
     """One slice-sized buffer per input, reused for every slice of every tensor."""
     return [torch.empty(CHUNK, dtype=dtype) for _ in range(n_inputs)]
 
 
-Generators = Callable[[int], "list[torch.Generator] | None"]  # slice index -> one per model
-
-
 def merge_sliced(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor, out: torch.Tensor,
-                 *, generators: Generators | None = None, state: Any = None,
+                 *, seeds: list[int] | None = None, state: Any = None,
                  scale: float = 1.0, scratch: list[list[torch.Tensor]] | None = None) -> bool:
     """Merge `view` into `out` (the output's shape and dtype) slice by slice with the
     element-wise method `spec`; a task-vector method's result is scaled by `scale` (LiNeS) and
     added to the base. Returns False when the merged values hold NaN or Inf.
 
-    `scratch` holds buffer sets (see `new_scratch`; one is made when None). With the view's
-    `pool` and W sets, W workers merge every W-th slice side by side; slices are independent
-    (the per-tensor state is per slice, and random methods draw from
-    `generators(slice_index)`), so the result is the same either way."""
-    scratch = scratch or [new_scratch(len(view.flat), view.dtype)]
+    Where the method has a fused form (`spec.fused`) and the kernels read the inputs and the
+    output's dtype, each slice is one kernel call; else the method's torch function runs on
+    slices read into `scratch` (buffer sets, see `new_scratch`; one is made when None). With
+    the view's `pool`, workers merge every W-th slice side by side; slices are independent
+    (the per-tensor state is per slice, and random draws are by entry index), so the result is
+    the same either way."""
     tensor_state = spec.per_tensor(view, hp) if spec.per_tensor else None
     flat_out = out.view(-1)
+    plan = _fused_plan(spec, hp, view, seeds, state, tensor_state, scale)
+    out_array = _as_array(flat_out) if plan is not None else None
+    if out_array is None:
+        plan = None
+    scratch = scratch or [new_scratch(len(view.flat), view.dtype)]
+
+    def fused_every(first: int, step: int, _buffers: Any) -> bool:
+        finite = True
+        base = view.arrays[0] if view.has_base else None
+        experts = view.arrays[1:] if view.has_base else view.arrays
+        for j in range(first, len(view.parts), step):
+            part = view.parts[j]
+            finite &= kernels.merge_slice(
+                plan, None if base is None else base[part], [e[part] for e in experts],
+                out_array[part], offset=part.start, slice_index=j)
+        return finite
 
     def merge_every(first: int, step: int, buffers: list[torch.Tensor]) -> bool:
         total = torch.zeros((), dtype=torch.float64)
@@ -100,9 +146,9 @@ def merge_sliced(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor, out:
             inputs = view.read(part, buffers)
             base = inputs[0] if view.has_base else None
             x = MergeInputs(key=view.key, base=base,
-                            models=inputs[1:] if view.has_base else inputs,
-                            generators=generators(j) if generators else None, state=state,
-                            tensor_state=tensor_state, slice_index=j, owned=True)
+                            models=inputs[1:] if view.has_base else inputs, seeds=seeds,
+                            offset=part.start, state=state, tensor_state=tensor_state,
+                            slice_index=j, owned=True)
             merged = spec.fn(x, **hp)
             if spec.returns == "delta":
                 merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(base)
@@ -111,8 +157,23 @@ def merge_sliced(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor, out:
             flat_out[part].copy_(merged.reshape(-1))
         return bool(torch.isfinite(total))
 
+    run = fused_every if plan is not None else merge_every
     workers = min(len(scratch), len(view.parts)) if view.pool is not None else 1
     if workers < 2:
-        return merge_every(0, 1, scratch[0])
-    done = [view.pool.submit(merge_every, w, workers, scratch[w]) for w in range(workers)]
+        return run(0, 1, scratch[0])
+    done = [view.pool.submit(run, w, workers, scratch[w]) for w in range(workers)]
     return all([f.result() for f in done])
+
+
+def _fused_plan(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor,
+                seeds: list[int] | None, state: Any, tensor_state: Any,
+                scale: float) -> "kernels.Combine | None":
+    """The method as a fused kernel's plan for this tensor, or None to run it eagerly."""
+    if spec.fused is None or view.arrays is None:
+        return None
+    x = MergeInputs(key=view.key, base=None, models=[], seeds=seeds, state=state,
+                    tensor_state=tensor_state)
+    plan = spec.fused(x, **hp)
+    if plan is not None and spec.returns == "delta":
+        plan = dataclasses.replace(plan, scale=scale)
+    return plan

@@ -23,9 +23,8 @@ def call_method(name: str, base: torch.Tensor | None, models: list[torch.Tensor]
     merged *weights* (a task-vector method's delta is added to the base here)."""
     spec = get_method(name)
     kwargs = spec.resolve(params or {}, model_params or [], len(models))
-    gens = ([torch.Generator().manual_seed(seed + i) for i in range(len(models))]
-            if spec.random else None)
-    out = spec.fn(MergeInputs(key=key, base=base, models=list(models), generators=gens), **kwargs)
+    seeds = [seed * 1_000 + i for i in range(len(models))] if spec.random else None
+    out = spec.fn(MergeInputs(key=key, base=base, models=list(models), seeds=seeds), **kwargs)
     if spec.returns == "delta":
         return base + out
     return out

@@ -318,7 +318,9 @@ def failing_method(monkeypatch, name, exc, after=3):
             raise exc
         return spec.fn(x, **kwargs)
 
-    monkeypatch.setitem(registry._REGISTRY, spec.name, dataclasses.replace(spec, fn=fn))
+    # Without its fused form, so that every tensor goes through `fn`.
+    monkeypatch.setitem(registry._REGISTRY, spec.name,
+                        dataclasses.replace(spec, fn=fn, fused=None))
     return calls
 
 

@@ -1,6 +1,7 @@
-"""Slice-by-slice merging (mergezoo.merge.slicing) gives exactly the tensors of merging whole
-tensors, for every element-wise method, on tensors that span several slices and whose task
-vectors tie at the trimming threshold across slice boundaries."""
+"""Slice-by-slice merging (mergezoo.merge.slicing), with the fused kernels and without, gives
+exactly the tensors of merging whole tensors, for every element-wise method, on tensors that
+span several slices and whose task vectors tie at the trimming threshold across slice
+boundaries."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from mergezoo.merge import MergeInputs, get_method
-from mergezoo.merge.ops import CHUNK, TopKCut, magnitude_bits, top_k_mask
+from mergezoo.merge.ops import (CHUNK, TopKCut, drop_threshold, keep_lanes, magnitude_bits,
+                                top_k_mask)
 from mergezoo.merge.registry import list_methods
 from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
 
@@ -27,23 +29,33 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return base, models
 
 
-def _generators(spec, slice_index: int = 0) -> list[torch.Generator] | None:
-    if not spec.random:
-        return None
-    return [torch.Generator().manual_seed(100 * slice_index + i) for i in range(N_MODELS)]
+def _seeds(spec) -> list[int] | None:
+    return [0xC0FFEE + 17 * i for i in range(N_MODELS)] if spec.random else None
 
 
-def _sliced(spec, kwargs, base, models, workers: int) -> torch.Tensor:
+def _sliced(spec, kwargs, base, models, workers: int, *, fused: bool = False,
+            out_dtype: torch.dtype = torch.float32, state=None) -> torch.Tensor:
     uses_base = bool(spec.needs.base)
     inputs = ([base] if uses_base else []) + models
-    out = torch.empty(SHAPE, dtype=torch.float32)
+    out = torch.empty(SHAPE, dtype=out_dtype)
     scratch = [new_scratch(len(inputs), torch.float32) for _ in range(workers)]
     with ThreadPoolExecutor(workers) as pool:
-        view = SlicedTensor("w", inputs, has_base=uses_base, pool=pool if workers > 1 else None)
+        view = SlicedTensor("w", inputs, has_base=uses_base, pool=pool if workers > 1 else None,
+                            fused=fused)
         assert len(view.parts) == 3
-        assert merge_sliced(spec, kwargs, view, out, generators=lambda j: _generators(spec, j),
+        assert (view.arrays is not None) == fused
+        assert merge_sliced(spec, kwargs, view, out, seeds=_seeds(spec), state=state,
                             scratch=scratch)
     return out
+
+
+def _whole(spec, kwargs, base, models, state=None) -> torch.Tensor:
+    """The method's torch function on the whole tensors: the reference."""
+    whole_in = MergeInputs(key="w", base=base.float() if spec.needs.base else None,
+                           models=[m.float() for m in models], seeds=_seeds(spec), state=state,
+                           owned=True)
+    whole = spec.fn(whole_in, **kwargs)
+    return whole + base.float() if spec.returns == "delta" else whole
 
 
 CASES = [("average", {"weight": 2.0}), ("task_arithmetic", {"lambda": 0.7}),
@@ -60,30 +72,46 @@ def test_slice_by_slice_is_the_same_on_one_or_two_threads(method, params):
     kwargs = spec.resolve(params, [], N_MODELS)
     one = _sliced(spec, kwargs, base, models, workers=1)
     assert torch.equal(one, _sliced(spec, kwargs, base, models, workers=2))
-    if spec.random:  # DARE: each slice draws from its own generators; check what it kept
-        delta = one - base.float()
-        kept = (delta != 0) & (torch.stack([m.float() for m in models]) != base.float()).any(0)
-        assert 0.2 < float(kept.float().mean()) < 1.0
-        return
-    whole_in = MergeInputs(key="w", base=base.float() if spec.needs.base else None,
-                           models=[m.float() for m in models], owned=True)
-    whole = spec.fn(whole_in, **kwargs)
-    if spec.returns == "delta":
-        whole = whole + base.float()
-    assert torch.equal(one, whole)
+    assert torch.equal(one, _whole(spec, kwargs, base, models))
 
 
-def test_dare_slices_draw_what_a_whole_tensor_of_that_slice_draws():
-    """A slice's random drop is the drop of that slice alone with its slice's generators."""
-    spec = get_method("dare_linear")
-    base, models = _inputs()
-    kwargs = spec.resolve({"density": 0.3}, [], N_MODELS)
-    merged = _sliced(spec, kwargs, base, models, workers=2).view(-1)
-    second = slice(CHUNK, 2 * CHUNK)
-    alone = spec.fn(MergeInputs(key="w", base=base.view(-1)[second].float(),
-                                models=[m.view(-1)[second].float() for m in models],
-                                generators=_generators(spec, 1)), **kwargs)
-    assert torch.equal(merged[second], alone + base.view(-1)[second].float())
+FUSED = [case for case in CASES if get_method(case[0]).fused is not None] + [
+    ("ties", {"density": 0.3, "weight": 0.7, "normalize": False, "lambda": 1.3}),
+    ("ties", {"density": 0.4, "trim_scope": "model"}),
+    ("dare_ties", {"density": 0.5, "weight": -0.5, "rescale": False}),
+    ("task_arithmetic", {"weight": 0.3, "normalize": True}),
+    ("average", {"weight": 0.6, "normalize": False})]
+
+
+@pytest.mark.parametrize("method,params", FUSED, ids=[f"{m}-{i}" for i, (m, _) in enumerate(FUSED)])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_fused_kernels_give_the_bytes_of_the_torch_functions(method, params, out_dtype):
+    """Every fused method against its own torch function on whole tensors: the same bytes,
+    ties at the top-k threshold and odd weights included, on one thread and two."""
+    pytest.importorskip("numba")
+    spec = get_method(method)
+    base, models = _inputs(3)
+    kwargs = spec.resolve(params, [], N_MODELS)
+    state = None
+    if kwargs.get("trim_scope") == "model":
+        state = spec.prepare(lambda: iter([MergeInputs(key="w", base=base.float(),
+                                                       models=[m.float() for m in models])]),
+                             kwargs)
+    expected = _whole(spec, kwargs, base, models, state).to(out_dtype)
+    for workers in (1, 2):
+        got = _sliced(spec, kwargs, base, models, workers, fused=True, out_dtype=out_dtype,
+                      state=state)
+        assert torch.equal(got, expected), f"{method} {params}, {workers} thread(s)"
+
+
+def test_random_drop_draws_by_entry_index_whatever_the_slicing():
+    """DARE's draws hash (key, entry index): a slice draws what the whole tensor draws there."""
+    whole = keep_lanes(1234, 0, 3 * CHUNK)
+    assert torch.equal(keep_lanes(1234, CHUNK + 5, 1000), whole[CHUNK + 5:CHUNK + 1005])
+    assert not torch.equal(keep_lanes(1235, 0, 1000), whole[:1000])
+    # Uniform 16-bit lanes: the keep rate matches the density.
+    assert whole.min() >= 0 and whole.max() < 65536
+    assert abs(float((whole < drop_threshold(0.3)).float().mean()) - 0.3) < 0.005
 
 
 def test_only_position_wise_methods_are_elementwise():

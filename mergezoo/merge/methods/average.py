@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from mergezoo.merge.kernels import Combine
 from mergezoo.merge.ops import combine
 from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
+
+
+def _fused(x: MergeInputs, *, weight: list[float], normalize: bool) -> Combine:
+    _check_total(weight, normalize)
+    return Combine.linear(weight, normalize=normalize, add_base=False)
+
+
+def _check_total(weight: list[float], normalize: bool) -> None:
+    if normalize and abs(sum(weight)) < 1e-8:
+        raise ValueError("the model weights sum to zero; cannot normalize")
 
 
 def _check(kwargs: dict) -> None:
@@ -19,7 +30,7 @@ def _check(kwargs: dict) -> None:
 @merge_method("average", paper="https://arxiv.org/abs/2203.05482",
               needs=Needs(base=False, min_models=1), returns="weights", per_model=("weight",),
               ranges={"weight": Interval()}, grid={}, aliases=("linear", "model_soup"),
-              check=_check, elementwise=True,
+              check=_check, elementwise=True, fused=_fused,
               helps={"weight": "relative weight of each model",
                      "normalize": "divide by the sum of the weights"})
 def average(x: MergeInputs, *, weight: list[float] = 1.0, normalize: bool = True) -> torch.Tensor:
@@ -27,9 +38,7 @@ def average(x: MergeInputs, *, weight: list[float] = 1.0, normalize: bool = True
 
     Same as mergekit's `linear`: with `normalize: false`, the plain weighted sum.
     """
-    total = sum(weight)
-    if normalize and abs(total) < 1e-8:
-        raise ValueError("the model weights sum to zero; cannot normalize")
+    _check_total(weight, normalize)
     # The weighted sum of the models, as task arithmetic sums task vectors.
     return combine(x.models, weight, sign_rule=None, normalize=normalize, lambda_=1.0,
                    owned=x.owned)

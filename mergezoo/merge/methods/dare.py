@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import torch
 
+from mergezoo.merge.kernels import Combine
 from mergezoo.merge.ops import combine, random_drop
 from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
 
 DENSITY = Interval(0, 1, low_open=True)
+
+
+def _fused(sign_rule: str | None):
+    def plan(x: MergeInputs, *, weight: list[float], density: list[float], lambda_: float,
+             normalize: bool, rescale: bool) -> Combine:
+        """DARE as data for the fused kernels: drop, rescale, then merge."""
+        merge = Combine.linear(weight, normalize=normalize, lam=lambda_) if sign_rule is None \
+            else Combine.disjoint(weight, sign_rule=sign_rule, normalize=normalize, lam=lambda_)
+        return merge.dropped(density, x.seeds, rescale)
+    return plan
 # Both DARE variants share their registration: paper, needs, ranges, grid.
 _DARE = dict(paper="https://arxiv.org/abs/2311.03099", needs=Needs(base=True),
              per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
@@ -18,22 +29,22 @@ _DARE = dict(paper="https://arxiv.org/abs/2311.03099", needs=Needs(base=True),
                     "rescale": "divide kept entries by density"})
 
 
-@merge_method("dare_linear", **_DARE)
+@merge_method("dare_linear", fused=_fused(None), **_DARE)
 def dare_linear(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.5,
                 lambda_: float = 1.0, normalize: bool = False, rescale: bool = True) -> torch.Tensor:
     """Drop each task-vector entry with probability 1 - density, rescale the survivors by
     1 / density, then add the weighted sum (task arithmetic)."""
-    dropped = [random_drop(d, rho, g, rescale, owned=x.owned)
-               for d, rho, g in zip(x.deltas, density, x.generators)]
+    dropped = [random_drop(d, rho, key, rescale, offset=x.offset, owned=x.owned)
+               for d, rho, key in zip(x.deltas, density, x.seeds)]
     return combine(dropped, weight, sign_rule=None, normalize=normalize, lambda_=lambda_,
                    owned=x.owned)
 
 
-@merge_method("dare_ties", **_DARE)
+@merge_method("dare_ties", fused=_fused("sum"), **_DARE)
 def dare_ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.5,
               lambda_: float = 1.0, normalize: bool = False, rescale: bool = True) -> torch.Tensor:
     """DARE's random drop and rescale, then TIES sign election and disjoint merge."""
-    dropped = [random_drop(d, rho, g, rescale, owned=x.owned)
-               for d, rho, g in zip(x.deltas, density, x.generators)]
+    dropped = [random_drop(d, rho, key, rescale, offset=x.offset, owned=x.owned)
+               for d, rho, key in zip(x.deltas, density, x.seeds)]
     return combine(dropped, weight, sign_rule="sum", normalize=normalize, lambda_=lambda_,
                    owned=x.owned)

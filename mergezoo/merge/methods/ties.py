@@ -7,7 +7,9 @@ from typing import Literal
 import torch
 
 from mergezoo.merge.global_trim import magnitude_thresholds
-from mergezoo.merge.ops import TopKCut, combine, kept_count, magnitude_bits, trim_by_magnitude
+from mergezoo.merge.kernels import AT_LEAST, KEEP_ALL, TOP_K_TIES, Combine
+from mergezoo.merge.ops import (TopKCut, combine, float_of_bits, kept_count, magnitude_bits,
+                                trim_by_magnitude)
 from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
 
 DENSITY = Interval(0, 1, low_open=True)
@@ -31,9 +33,23 @@ def _per_tensor(view, hp: dict) -> list[TopKCut | None] | None:
         if rho >= 1:
             return None
         return TopKCut.find(lambda part: magnitude_bits(view.delta(i, part)), view.n,
-                            kept_count(view.n, rho), view.parts)
+                            kept_count(view.n, rho), view.parts, scan=view.band_scan(i))
 
     return view.map(cut, range(view.n_models))
+
+
+def _fused(x: MergeInputs, *, weight: list[float], density: list[float], lambda_: float,
+           normalize: bool, trim_scope: str, sign_rule: str) -> Combine | None:
+    """TIES as data for the fused kernels: each expert's cut, then elect and merge."""
+    plan = Combine.disjoint(weight, sign_rule=sign_rule, normalize=normalize, lam=lambda_)
+    if x.tensor_state is not None:  # per-tensor top-k cuts
+        cuts = x.tensor_state
+        return plan.trimmed([KEEP_ALL if c is None else TOP_K_TIES for c in cuts],
+                            [0.0 if c is None else float_of_bits(c.threshold) for c in cuts],
+                            [None if c is None else c.ties for c in cuts])
+    if x.state is not None:  # whole-model thresholds: keep |x| >= threshold
+        return plan.trimmed([AT_LEAST] * len(x.state), list(x.state))
+    return None
 
 
 def _check(kwargs: dict) -> None:
@@ -47,6 +63,7 @@ def _check(kwargs: dict) -> None:
               per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
               grid={"density": [0.1, 0.2, 0.3], "lambda": [0.8, 1.0, 1.2, 1.5, 2.0]},
               prepare=_prepare, check=_check, elementwise=True, per_tensor=_per_tensor,
+              fused=_fused,
               helps={"density": "fraction of each task vector kept, by magnitude",
                      "trim_scope": "trim per tensor (mergekit) or over the whole model (paper)",
                      "sign_rule": "elect the sign by total mass (sum) or by count"})
