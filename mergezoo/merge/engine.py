@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 import zlib
@@ -30,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
+from mergezoo.merge import kernels
 from mergezoo.merge.buffers import BufferRing
 from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
 from mergezoo.merge.registry import MergeInputs, MergeMethod, get_method
@@ -131,6 +133,10 @@ def _touch_pages(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _first_bad_input(key: str, sources: list[TensorSource]) -> str | None:
     """The input whose tensor `key` holds NaN or Inf, read afresh (the engine's copies have
     been worked on in place by then)."""
@@ -183,6 +189,12 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     merger = _TensorMerger(spec=spec, kwargs=kwargs, positions=positions, lines=lines, dev=dev,
                            dtype=dtype, use_base=use_base, seed=seed, sources=inputs,
                            sliced=sliced)
+    floats = [k for k in keys if plan[k][1].is_floating_point]
+    entries = sum(math.prod(plan[k][0]) for k in floats) * len(models)
+    if sliced and spec.fused is not None and kernels.worth_it(spec.fused_saves, entries):
+        merger.fused = kernels.load({_dtype_name(reference.dtype(k)) for k in floats},
+                                    {_dtype_name(plan[k][1]) for k in floats}, len(models),
+                                    use_base)
     in_ring = BufferRing(slots=len(inputs))
 
     def load(key: str, turn: int, whole: bool) -> list[torch.Tensor]:
@@ -298,6 +310,7 @@ class _TensorMerger:
     scratch: list[list[torch.Tensor]] | None = None  # slice buffers, a set per compute thread
     pool: ThreadPoolExecutor | None = None  # compute threads for slice-by-slice merging
     workers: int = 1
+    fused: bool = False  # merge with the fused kernels (see kernels.worth_it)
 
     def seeds(self, key: str, n_models: int) -> list[int] | None:
         """For random methods, a 32-bit key per model from the merge seed, the tensor's name
@@ -327,7 +340,7 @@ class _TensorMerger:
                     self.scratch = [new_scratch(len(tensors), self.dtype)
                                     for _ in range(self.workers)]
                 view = SlicedTensor(key, tensors, has_base=self.use_base, dtype=self.dtype,
-                                    pool=self.pool)
+                                    pool=self.pool, fused=self.fused)
                 finite = merge_sliced(self.spec, hp, view, out, state=self.state, scale=scale,
                                       seeds=self.seeds(key, view.n_models), scratch=self.scratch)
             else:
@@ -337,12 +350,13 @@ class _TensorMerger:
                 f"tensor '{key}': {self.spec.name} failed: {err}") from err
         if finite and out.dtype in NARROW_DTYPES:  # these can overflow in the cast
             finite = bool(torch.isfinite(out.sum(dtype=torch.float32)))
-        if not finite and not bool(torch.isfinite(out).all()):
+        if not finite:  # a non-finite input (the fused kernels check them), or result
             culprit = _first_bad_input(key, self.sources)
             if culprit:
                 raise BadTensorError(f"{culprit}: tensor '{key}' contains NaN or Inf values")
-            raise BadTensorError(f"tensor '{key}': the merge produced NaN or Inf values "
-                                 f"(overflow in {out.dtype}?)")
+            if not bool(torch.isfinite(out).all()):
+                raise BadTensorError(f"tensor '{key}': the merge produced NaN or Inf values "
+                                     f"(overflow in {out.dtype}?)")
         return out
 
     def _merge_whole(self, key: str, tensors: list[torch.Tensor], hp: dict[str, Any],

@@ -11,9 +11,12 @@ They compute exactly what the eager functions compute, operation for operation i
 (fused multiply-adds where torch's `add_(x, alpha=w)` uses them), so a merge gives the same
 bytes with or without them; tests hold the two paths equal.
 
-numba compiles each kernel once per input types (a few seconds) and caches the machine code on
-disk, so later runs load it in a fraction of a second. Set `MERGEZOO_KERNELS=eager` to merge
-without them.
+numba compiles each kernel once per input types (about ten seconds) and caches the machine
+code on disk; loading numba and that code still takes about 1.3 s per process (measured on the
+2-core benchmark machine), which only a large enough merge wins back. `MERGEZOO_KERNELS` sets
+the policy: `auto` (the default) uses the kernels when a method's declared saving
+(`MergeMethod.fused_saves`, seconds per billion parameter-models) times the merge's size
+exceeds that load time; `fused` always uses them; `eager` never does.
 
 Example:
     >>> plan = Combine.linear([1.0, 1.0], lam=0.5)
@@ -27,35 +30,99 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-try:  # numba is a dependency, but a merge must still work where it cannot load
-    from numba import njit, types
-    from numba.extending import overload
-except ImportError:  # pragma: no cover - exercised only on broken installs
-    njit = None
+logger = logging.getLogger(__name__)
 
-# Per-expert trim rules (see `Combine.trim`).
+# Per-expert trim rules and sign election rules (see `Combine`).
 KEEP_ALL, HARDSHRINK, TOP_K_TIES, AT_LEAST = 0, 1, 2, 3
-# Sign election rules.
 NO_SIGN, SIGN_SUM, SIGN_COUNT = 0, 1, 2
-BLOCK = 2048  # entries per block: N task-vector blocks of 8 KB stay in L2
-EXPONENT = 0x7F800000
-GOLDEN = 0x9E3779B9  # the random drop's counter stride (see `ops.keep_lanes`)
+
+
+@functools.cache
+def _code():
+    """The compiled kernels' module, or None where numba cannot load (a merge then runs the
+    eager torch functions)."""
+    try:
+        from mergezoo.merge import kernel_code
+    except ImportError:  # pragma: no cover - numba is a dependency; only broken installs
+        return None
+    return kernel_code
+
+
+MODES = ("auto", "fused", "eager")
+
+
+def mode() -> str:
+    """`MERGEZOO_KERNELS`: auto (default), fused or eager (see the module docstring)."""
+    value = os.environ.get("MERGEZOO_KERNELS", "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"MERGEZOO_KERNELS={value!r} is not one of {', '.join(MODES)}")
+    return value
 
 
 def enabled() -> bool:
-    """Whether merges use the fused kernels (numba importable, not turned off by
-    `MERGEZOO_KERNELS=eager`)."""
-    return njit is not None and os.environ.get("MERGEZOO_KERNELS", "").lower() != "eager"
+    """Whether the fused kernels may be used (numba loads, and the mode is not eager)."""
+    return mode() != "eager" and _code() is not None
 
 
-def supported(dtype_name: str) -> bool:
-    """Whether the kernels read and write arrays of this torch dtype (by its short name)."""
-    return dtype_name in ("bfloat16", "float32")
+LOAD_SECONDS = 1.3  # importing numba and loading cached kernels, once per process
+
+
+def worth_it(saves: float, entries: int) -> bool:
+    """Whether a merge should use the kernels: `saves` is the method's saving in seconds per
+    1e9 entries (parameters x models), `entries` the merge's size."""
+    if mode() == "eager":
+        return False
+    return mode() == "fused" or (saves * entries / 1e9 > LOAD_SECONDS and _code() is not None)
+
+
+_ARRAY_DTYPES = {"bfloat16": np.uint16, "float32": np.float32}  # torch dtype -> what kernels read
+_loaded: dict[tuple, bool] = {}
+_loading = threading.Lock()
+
+
+def load(in_dtypes: set[str], out_dtypes: set[str], n_models: int, has_base: bool) -> bool:
+    """Load (or, the first time, compile) the kernels for these input and output dtypes
+    (torch names, e.g. "bfloat16") and this many models, once per process. Returns whether
+    they run here (False: numba is missing or fails, and merges use the torch functions).
+
+    Example:
+        >>> load({"bfloat16"}, {"bfloat16"}, n_models=2, has_base=True)   # doctest: +SKIP
+        True
+    """
+    keys = [(i, o, n_models, has_base) for i in sorted(in_dtypes) for o in sorted(out_dtypes)
+            if i in _ARRAY_DTYPES and o in _ARRAY_DTYPES]
+    with _loading:
+        for key in keys:
+            if key not in _loaded:
+                _loaded[key] = _load(key)
+    return bool(keys) and all(_loaded[k] for k in keys)
+
+
+def _load(key: tuple) -> bool:
+    """One tiny merge of the given types, so that numba loads or compiles the kernels."""
+    in_dtype, out_dtype, n_models, has_base = key
+    if _code() is None:
+        return False
+    try:
+        tiny = np.zeros(16, _ARRAY_DTYPES[in_dtype])
+        merge_slice(Combine.linear([1.0] * n_models, add_base=has_base),
+                    tiny if has_base else None, [tiny] * n_models,
+                    np.zeros(16, _ARRAY_DTYPES[out_dtype]), offset=0)
+        if has_base:
+            band_scan(tiny, tiny, 0, 1)
+            magnitudes(tiny, tiny, slice(0, 16, 2))
+    except Exception:  # noqa: BLE001 - kernels that cannot load leave merges to torch
+        logger.warning("fused merge kernels unavailable; merging with torch", exc_info=True)
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -140,12 +207,12 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
     """Merge one slice: `base` and `experts` (1-D, float32 or bfloat16 viewed as uint16, all
     of one dtype) into `out` (float32 or bf16-as-uint16). `offset` is the slice's first
     entry's index in the flat tensor (the random drop's counter), `slice_index` its index in
-    the engine's slicing (TOP_K_TIES's ties). Returns False when the result holds NaN or Inf
-    (a non-finite input makes its entries NaN)."""
+    the engine's slicing (TOP_K_TIES's ties). Returns False when an input or the result holds
+    NaN or Inf."""
     ties = plan.ties[slice_index if plan.ties.shape[0] > 1 else 0]
     # A top-k cut with no tied entries to keep in this slice is hardshrink (as in ops.TopKCut).
     trim = np.where((plan.trim == TOP_K_TIES) & (ties <= 0), HARDSHRINK, plan.trim)
-    bad = _merge(base if base is not None else experts[0], tuple(experts), out, offset,
+    bad = _code().merge(base if base is not None else experts[0], tuple(experts), out, offset,
                  plan.weight, trim, plan.thr, ties.copy(),
                  plan.drop_below, plan.drop_key, plan.rescale, plan.sign, plan.normalize,
                  np.float32(plan.total), np.float32(plan.divisor_floor), np.float32(plan.lam),
@@ -156,222 +223,14 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
 def band_scan(base: np.ndarray, expert: np.ndarray, low: int, high: int) -> tuple[int, np.ndarray]:
     """For the task vector expert - base: how many magnitudes (as float32 bits) are above
     `high`, and the bits of those within [low, high], in order (`ops.TopKCut`'s bracket pass)."""
-    band = np.empty(base.shape[0], np.int32)
-    above, n_band = _band_scan(base, expert, np.int64(low), np.int64(high), band)
+    band = np.empty(base.shape[0] + 8, np.int32)  # the gather writes up to 7 past its count
+    above, n_band = _code().band_scan(base, expert, np.int64(low), np.int64(high), band)
     return int(above), band[:n_band]
 
 
-if njit is not None:
-    _jit = njit(nogil=True, cache=True, error_model="numpy")
-
-    @njit(fastmath={"contract"}, cache=True)
-    def _fma(a, b, c):
-        # a * b + c with one rounding, as torch's add_(b, alpha=a) computes on CPU.
-        return a * b + c
-
-    def _decode(src, start, m, dst):
-        """dst[:m] = float32(src[start:start+m]); src is float32, or bf16 bits as uint16."""
-
-    def _encode(res, m, out, start):
-        """out[start:start+m] = res[:m] in out's dtype (bf16: round to nearest even)."""
-
-    @overload(_decode, inline="always")
-    def _decode_impl(src, start, m, dst):
-        if src.dtype == types.uint16:
-            def from_bf16(src, start, m, dst):
-                bits = dst.view(np.uint32)
-                for j in range(m):
-                    bits[j] = np.uint32(src[start + j]) << np.uint32(16)
-            return from_bf16
-
-        def from_f32(src, start, m, dst):
-            for j in range(m):
-                dst[j] = src[start + j]
-        return from_f32
-
-    @overload(_encode, inline="always")
-    def _encode_impl(res, m, out, start):
-        if out.dtype == types.uint16:
-            def to_bf16(res, m, out, start):
-                bits = res.view(np.uint32)
-                for j in range(m):
-                    u = bits[j]
-                    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(EXPONENT):  # NaN
-                        out[start + j] = np.uint16(0x7FC0)
-                    else:
-                        out[start + j] = np.uint16((u + np.uint32(0x7FFF)
-                                                    + ((u >> np.uint32(16)) & np.uint32(1)))
-                                                   >> np.uint32(16))
-            return to_bf16
-
-        def to_f32(res, m, out, start):
-            for j in range(m):
-                out[start + j] = res[j]
-        return to_f32
-
-    @_jit
-    def _lane(key, index):
-        """The random drop's 16-bit lane of entry `index` (see `ops.keep_lanes`)."""
-        x = np.uint32((np.uint64(key) + np.uint64(index) * np.uint64(GOLDEN))
-                      & np.uint64(0xFFFFFFFF))
-        x ^= x >> np.uint32(16)
-        x = np.uint32(np.uint64(x) * np.uint64(0x7FEB352D) & np.uint64(0xFFFFFFFF))
-        x ^= x >> np.uint32(15)
-        x = np.uint32(np.uint64(x) * np.uint64(0x846CA68B) & np.uint64(0xFFFFFFFF))
-        x ^= x >> np.uint32(16)
-        return np.int64(x >> np.uint32(16))
-
-    @_jit
-    def _merge(base, experts, out, offset, weight, trim, thr, ties, drop_below, drop_key,
-               rescale, sign, normalize, total, floor, lam, scale, add_base):
-        n = out.shape[0]
-        n_models = len(experts)
-        b = np.zeros(BLOCK, np.float32)
-        bad_in = np.zeros(BLOCK, np.uint32)
-        d = np.empty((n_models, BLOCK), np.float32)
-        votes = np.empty(BLOCK, np.float32)
-        mixed = np.empty(BLOCK, np.float32)
-        div = np.empty(BLOCK, np.float32)
-        bits = mixed.view(np.uint32)
-        bad = 0
-        for s in range(0, n, BLOCK):
-            m = min(BLOCK, n - s)
-            bad_in[:m] = 0
-            if add_base:
-                _decode(base, s, m, b)
-                _flag(b, m, bad_in)
-            i = 0
-            for src in experts:  # task vectors (or models), trimmed or dropped
-                di = d[i]
-                _decode(src, s, m, di)
-                _flag(di, m, bad_in)
-                if add_base:
-                    for j in range(m):
-                        di[j] = di[j] - b[j]
-                _sparsify(di, m, i, s + offset, trim, thr, ties, drop_below, drop_key, rescale)
-                i += 1
-            if sign == NO_SIGN:
-                for j in range(m):
-                    mixed[j] = d[0, j] * weight[0]
-                for i in range(1, n_models):
-                    w = weight[i]
-                    for j in range(m):
-                        mixed[j] = _fma(w, d[i, j], mixed[j])
-                for j in range(m):
-                    mixed[j] = mixed[j] / total
-            else:
-                _disjoint(d, m, weight, sign, normalize, floor, votes, mixed, div)
-            for j in range(m):
-                v = mixed[j] * lam
-                if add_base:
-                    v = v * scale + b[j]
-                mixed[j] = v if bad_in[j] == 0 else np.float32(np.nan)
-            for j in range(m):
-                bad |= np.int64((bits[j] & np.uint32(EXPONENT)) == np.uint32(EXPONENT))
-            _encode(mixed, m, out, s)
-        return bad
-
-    @_jit
-    def _flag(x, m, bad_in):
-        bits = x.view(np.uint32)
-        for j in range(m):
-            bad_in[j] |= np.uint32((bits[j] & np.uint32(EXPONENT)) == np.uint32(EXPONENT))
-
-    @_jit
-    def _sparsify(di, m, i, first, trim, thr, ties, drop_below, drop_key, rescale):
-        """Trim, then randomly drop, task vector `i`'s block `di` (entries first..first+m)."""
-        rule = trim[i]
-        t = thr[i]
-        if rule == HARDSHRINK:
-            for j in range(m):
-                x = di[j]
-                di[j] = np.float32(0) if (x >= -t and x <= t) else x
-        elif rule == TOP_K_TIES:
-            for j in range(m):
-                x = di[j]
-                keep = abs(x) > t
-                if not keep and abs(x) == t and ties[i] > 0:
-                    ties[i] -= 1
-                    keep = True
-                di[j] = x * np.float32(1 if keep else 0)
-        elif rule == AT_LEAST:
-            for j in range(m):
-                x = di[j]
-                di[j] = x * np.float32(1 if abs(x) >= t else 0)
-        if drop_below[i] >= 0:
-            key = drop_key[i]
-            below = drop_below[i]
-            for j in range(m):
-                keep = _lane(key, first + j) < below
-                di[j] = di[j] * np.float32(1 if keep else 0)
-            if rescale[i] > 0:
-                r = rescale[i]
-                for j in range(m):
-                    di[j] = di[j] / r
-
-    @_jit
-    def _disjoint(d, m, weight, sign, normalize, floor, votes, mixed, div):
-        """ops.combine with a sign rule: elect, then the (weighted) mean of the agreeing.
-        (NaN needs no care here: entries with a non-finite input end up NaN anyway.)"""
-        n_models = d.shape[0]
-        votes[:m] = 0
-        for i in range(n_models):
-            w = weight[i]
-            if sign == SIGN_SUM:
-                for j in range(m):
-                    votes[j] = _fma(w, d[i, j], votes[j])
-            else:
-                s = np.float32(-1 if w < 0 else 1)
-                for j in range(m):
-                    x = d[i, j]
-                    votes[j] = votes[j] + np.float32(1 if x > 0 else (-1 if x < 0 else 0)) * s
-        # The elected sign: copysign(1, votes); votes start at +0 and are never -0.
-        for j in range(m):
-            votes[j] = np.float32(-1 if votes[j] < 0 else 1)
-        mixed[:m] = 0
-        div[:m] = 0
-        for i in range(n_models):
-            w = weight[i]
-            if w == 0:
-                continue
-            aw = abs(w)
-            neg = np.float32(-1 if w < 0 else 1)
-            for j in range(m):
-                a = d[i, j] * votes[j] * neg
-                a = a if a > 0 else np.float32(0)
-                if normalize:
-                    div[j] = _fma(w, np.float32(1 if a > 0 else 0), div[j])
-                mixed[j] = _fma(aw, a, mixed[j])
-        for j in range(m):
-            v = mixed[j] * votes[j]
-            if normalize:
-                q = div[j]
-                if floor > 0:
-                    q = q if q >= floor else floor
-                elif q == 0:
-                    q = np.float32(1)
-                v = v / q
-            mixed[j] = v
-
-    @_jit
-    def _band_scan(base, expert, low, high, band):
-        n = base.shape[0]
-        b = np.empty(BLOCK, np.float32)
-        e = np.empty(BLOCK, np.float32)
-        above = 0
-        count = 0
-        for s in range(0, n, BLOCK):
-            m = min(BLOCK, n - s)
-            _decode(base, s, m, b)
-            _decode(expert, s, m, e)
-            for j in range(m):
-                e[j] = abs(e[j] - b[j])
-            bits = e.view(np.int32)
-            for j in range(m):
-                above += np.int64(bits[j] > high)
-            for j in range(m):
-                x = bits[j]
-                if x >= low and x <= high:
-                    band[count] = x
-                    count += 1
-        return above, count
+def magnitudes(base: np.ndarray, expert: np.ndarray, part: slice) -> np.ndarray:
+    """Magnitude bits (int32) of (expert - base)[part], any step."""
+    start, stop, step = part.indices(base.shape[0])
+    out = np.empty(len(range(start, stop, step)), np.int32)
+    _code().magnitude_sample(base, expert, start, stop, step, out)
+    return out

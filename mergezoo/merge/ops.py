@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 
@@ -89,20 +90,28 @@ def band_of(bits_of: Magnitudes) -> BandScan:
     return scan
 
 
+def kth_smallest(values: torch.Tensor, ranks: list[int]) -> list[int]:
+    """The `ranks`-th smallest (1-based) of a flat integer tensor. On CPU numpy's introselect,
+    many times faster than torch.kthvalue (8 ms against 0.5 ms for 600,000 entries here)."""
+    if values.device.type == "cpu":
+        picked = np.partition(values.numpy(), [r - 1 for r in ranks])
+        return [int(picked[r - 1]) for r in ranks]
+    return [int(torch.kthvalue(values, r).values) for r in ranks]
+
+
 def _bracketed_threshold(bits_of: Magnitudes, n: int, k: int, parts: list[slice],
                          scan: BandScan | None = None) -> tuple[int, int, list[int]] | None:
     """Fast path of `TopKCut.find`: bracket the threshold with a strided sample, then one pass
     counts the entries above the bracket and gathers those inside it (about 1% of them), where
     an exact selection finishes. Returns (threshold, ties, entries equal to the threshold in
     each part), or None when the sample's bracket misses the threshold."""
-    sample = bits_of(slice(0, n, max(1, n // 65536)))
+    sample = bits_of(slice(0, n, max(1, n // 32768)))
     m = sample.numel()
     rank = k / n * m
     margin = int(4 * (rank * (1 - k / n)) ** 0.5) + 16
-    # The sample's values ranked margin above and below the threshold's expected rank (two
-    # selections: several times cheaper than sorting the sample).
-    high = int(torch.kthvalue(sample, m - max(0, int(rank) - margin)).values)
-    low = int(torch.kthvalue(sample, m - min(m - 1, int(rank) + margin)).values)
+    # The sample's values ranked margin above and below the threshold's expected rank.
+    high, low = kth_smallest(sample, [m - max(0, int(rank) - margin),
+                                      m - min(m - 1, int(rank) + margin)])
     scan = scan or band_of(bits_of)
     above, inside = 0, []
     for part in parts:
@@ -113,7 +122,7 @@ def _bracketed_threshold(bits_of: Magnitudes, n: int, k: int, parts: list[slice]
     need = k - above
     if not 0 < need <= candidates.numel():
         return None
-    threshold = int(torch.kthvalue(candidates, candidates.numel() - need + 1).values)
+    threshold, = kth_smallest(candidates, [candidates.numel() - need + 1])
     equal = [int(torch.count_nonzero(c == threshold)) for c in inside]
     return threshold, need - int(torch.count_nonzero(candidates > threshold)), equal
 
@@ -164,7 +173,7 @@ class TopKCut:
         parts = parts or [slice(0, n)]
         if n <= SMALL:  # a plain selection beats histograms and sampling here
             bits = bits_of(slice(0, n))
-            threshold = int(torch.kthvalue(bits, bits.numel() - k + 1).values)
+            threshold, = kth_smallest(bits, [bits.numel() - k + 1])
             return cls(threshold, [k - int(torch.count_nonzero(bits > threshold))])
         threshold, ties, equal = _bracketed_threshold(bits_of, n, k, parts, scan) or \
             _radix_threshold(bits_of, k, parts, torch.device(device))

@@ -176,6 +176,10 @@ class MergeMethod:
     # fused(x, **hp) -> kernels.Combine: the method as data, which the engine's fused CPU
     # kernels run in one pass per slice (`x` holds seeds and states, no tensors); None: eager.
     fused: Callable | None = None
+    # What the fused kernels save over the torch functions, in seconds per 1e9 parameters x
+    # models (measured with benchmarks/merge_speed.py on 2 CPU cores); the engine uses them
+    # when that saving beats loading them (see kernels.worth_it).
+    fused_saves: float = 0.0
     aliases: tuple[str, ...] = ()
     check: Callable[[dict[str, Any]], None] | None = None  # raises ValueError on bad combinations
 
@@ -257,7 +261,7 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
                  helps: dict[str, str] | None = None,
                  check: Callable[[dict[str, Any]], None] | None = None,
                  elementwise: bool = False, per_tensor: Callable | None = None,
-                 fused: Callable | None = None) -> Callable:
+                 fused: Callable | None = None, fused_saves: float = 0.0) -> Callable:
     """Register a merge method. See the module docstring for an example.
 
     `elementwise=True` promises that the function, given the slices of every input at the same
@@ -280,7 +284,7 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
                                       hyperparameters=hps, returns=returns, prepare=prepare,
                                       random=random, aliases=aliases, check=check,
                                       elementwise=elementwise, per_tensor=per_tensor,
-                                      fused=fused)
+                                      fused=fused, fused_saves=fused_saves)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn

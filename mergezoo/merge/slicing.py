@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import torch
 
 from mergezoo.merge import kernels
-from mergezoo.merge.ops import CHUNK, chunks
+from mergezoo.merge.ops import CHUNK, chunks, magnitude_bits
 from mergezoo.merge.registry import MergeInputs, MergeMethod
 
 
@@ -77,6 +77,14 @@ class SlicedTensor:
             raise ValueError(f"{self.key}: task vectors need the base model")
         model = self.flat[1 + i][part].to(self.dtype, copy=True)
         return model.sub_(self.flat[0][part])
+
+    def magnitude_bits(self, i: int) -> Callable[[slice], torch.Tensor]:
+        """part -> model `i`'s task-vector magnitudes over `part` as float32 bits (see
+        `ops.magnitude_bits`), by a fused kernel where it reads the inputs."""
+        if self.arrays is None or not self.has_base:
+            return lambda part: magnitude_bits(self.delta(i, part))
+        base, model = self.arrays[0], self.arrays[1 + i]
+        return lambda part: torch.from_numpy(kernels.magnitudes(base, model, part))
 
     def band_scan(self, i: int) -> "Callable[[slice, int, int], tuple[int, torch.Tensor]] | None":
         """`ops.TopKCut`'s bracket pass over model `i`'s task vector in one fused pass per

@@ -352,10 +352,14 @@ def test_progress_bar_can_be_quiet(toy_zoo, capsys):
 
 @pytest.mark.parametrize("method,params", [("ties", {"density": 0.3}),
                                            ("dare_ties", {"density": 0.5}),
+                                           ("dare_linear", {"density": 0.4, "lambda": 0.9}),
+                                           ("average", {}),
                                            ("task_arithmetic", {"lambda": 0.8})])
-def test_slice_by_slice_merge_is_the_same_on_any_number_of_threads(tmp_path, method, params):
+def test_slice_by_slice_merge_is_the_same_on_any_number_of_threads(tmp_path, monkeypatch,
+                                                                  method, params):
     """Tensors of several engine slices, merged with 1 and with 2 torch threads (the engine
-    then merges slices side by side): byte-identical outputs, and TIES keeps exactly its k."""
+    then merges slices side by side), with the torch functions and with the fused kernels:
+    byte-identical outputs, and TIES keeps exactly its k."""
     g = torch.Generator().manual_seed(3)
     base = {"big.weight": torch.randn(700, 1000, generator=g).to(torch.bfloat16),
             "small.weight": torch.randn(10, 10, generator=g).to(torch.bfloat16)}
@@ -368,18 +372,19 @@ def test_slice_by_slice_merge_is_the_same_on_any_number_of_threads(tmp_path, met
     previous = torch.get_num_threads()
     shas = []
     try:
-        for threads in (1, 2):
+        for threads, kernels in [(1, "eager"), (2, "eager"), (1, "fused"), (2, "fused")]:
+            monkeypatch.setenv("MERGEZOO_KERNELS", kernels)
             torch.set_num_threads(threads)
             result = merge_models(method, experts, base=tmp_path / "base",
-                                  out_dir=tmp_path / f"out{threads}", params=params,
+                                  out_dir=tmp_path / f"out{threads}{kernels}", params=params,
                                   progress=False)
             shas.append(result.sha256)
             assert torch.get_num_threads() == threads  # restored after the merge
     finally:
         torch.set_num_threads(previous)
-    assert shas[0] == shas[1]
+    assert all(sha == shas[0] for sha in shas[1:])
     if method == "ties":
-        merged = load_folder(tmp_path / "out1")["big.weight"].float()
+        merged = load_folder(tmp_path / "out1eager")["big.weight"].float()
         ref = call_method("ties", base["big.weight"].float(),
                           [load_folder(e)["big.weight"].float() for e in experts],
                           params=params)

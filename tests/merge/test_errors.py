@@ -170,11 +170,16 @@ def test_different_architectures(toy_zoo):
 
 # --- bad tensors -------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("kernels", ["eager", "fused"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 @pytest.mark.parametrize("method,params", [("ties", {"density": 0.5}),
                                            ("ties", {"density": 0.5, "trim_scope": "model"}),
+                                           ("dare_ties", {"density": 0.5}),
                                            ("task_arithmetic", {}), ("model_stock", {})])
-def test_nan_or_inf_in_an_expert_names_expert_and_tensor(toy_zoo, value, method, params):
+def test_nan_or_inf_in_an_expert_names_expert_and_tensor(toy_zoo, monkeypatch, kernels, value,
+                                                         method, params):
+    """With the torch functions and with the fused kernels (MERGEZOO_KERNELS)."""
+    monkeypatch.setenv("MERGEZOO_KERNELS", kernels)
     state = {k: v.clone() for k, v in toy_zoo["expert_states"][1].items()}
     state["model.layers.2.attn.weight"][1, 2] = value
     bad = save_model(toy_zoo["root"] / "expert-nan", state)
@@ -189,7 +194,9 @@ def test_nan_in_the_base_names_the_base(toy_zoo):
     check_refused(toy_zoo, BadTensorError, "base-nan", "model.norm.weight", base=bad)
 
 
-def test_nan_in_an_expert_whose_weight_is_zero_is_still_refused(toy_zoo):
+@pytest.mark.parametrize("kernels", ["eager", "fused"])
+def test_nan_in_an_expert_whose_weight_is_zero_is_still_refused(toy_zoo, monkeypatch, kernels):
+    monkeypatch.setenv("MERGEZOO_KERNELS", kernels)
     state = {k: v.clone() for k, v in toy_zoo["expert_states"][1].items()}
     state["lm_head.weight"][0, 0] = float("inf")
     bad = save_model(toy_zoo["root"] / "expert-inf", state)

@@ -30,7 +30,7 @@ def _check(kwargs: dict) -> None:
 @merge_method("average", paper="https://arxiv.org/abs/2203.05482",
               needs=Needs(base=False, min_models=1), returns="weights", per_model=("weight",),
               ranges={"weight": Interval()}, grid={}, aliases=("linear", "model_soup"),
-              check=_check, elementwise=True, fused=_fused,
+              check=_check, elementwise=True, fused=_fused, fused_saves=0.5,
               helps={"weight": "relative weight of each model",
                      "normalize": "divide by the sum of the weights"})
 def average(x: MergeInputs, *, weight: list[float] = 1.0, normalize: bool = True) -> torch.Tensor:

@@ -8,8 +8,7 @@ import torch
 
 from mergezoo.merge.global_trim import magnitude_thresholds
 from mergezoo.merge.kernels import AT_LEAST, KEEP_ALL, TOP_K_TIES, Combine
-from mergezoo.merge.ops import (TopKCut, combine, float_of_bits, kept_count, magnitude_bits,
-                                trim_by_magnitude)
+from mergezoo.merge.ops import TopKCut, combine, float_of_bits, kept_count, trim_by_magnitude
 from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
 
 DENSITY = Interval(0, 1, low_open=True)
@@ -32,8 +31,8 @@ def _per_tensor(view, hp: dict) -> list[TopKCut | None] | None:
         rho = hp["density"][i]
         if rho >= 1:
             return None
-        return TopKCut.find(lambda part: magnitude_bits(view.delta(i, part)), view.n,
-                            kept_count(view.n, rho), view.parts, scan=view.band_scan(i))
+        return TopKCut.find(view.magnitude_bits(i), view.n, kept_count(view.n, rho),
+                            view.parts, scan=view.band_scan(i))
 
     return view.map(cut, range(view.n_models))
 
@@ -63,7 +62,7 @@ def _check(kwargs: dict) -> None:
               per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
               grid={"density": [0.1, 0.2, 0.3], "lambda": [0.8, 1.0, 1.2, 1.5, 2.0]},
               prepare=_prepare, check=_check, elementwise=True, per_tensor=_per_tensor,
-              fused=_fused,
+              fused=_fused, fused_saves=5.0,
               helps={"density": "fraction of each task vector kept, by magnitude",
                      "trim_scope": "trim per tensor (mergekit) or over the whole model (paper)",
                      "sign_rule": "elect the sign by total mass (sum) or by count"})

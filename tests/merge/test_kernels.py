@@ -1,0 +1,95 @@
+"""The fused CPU kernels (mergezoo.merge.kernels) on their own: the policy that picks them,
+their finite checks, and the top-k bracket pass against plain torch references. (That each
+method's fused form gives the bytes of its torch function is in test_slicing.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mergezoo.merge import kernels
+from mergezoo.merge.ops import magnitude_bits
+
+pytest.importorskip("numba")
+
+
+def _bf16(t: torch.Tensor) -> np.ndarray:
+    return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def test_mode_comes_from_the_environment_and_bad_values_are_named(monkeypatch):
+    monkeypatch.delenv("MERGEZOO_KERNELS", raising=False)
+    assert kernels.mode() == "auto"
+    monkeypatch.setenv("MERGEZOO_KERNELS", "Fused")
+    assert kernels.mode() == "fused"
+    monkeypatch.setenv("MERGEZOO_KERNELS", "fast")
+    with pytest.raises(ValueError, match="MERGEZOO_KERNELS='fast'.*auto, fused, eager"):
+        kernels.mode()
+
+
+def test_auto_uses_the_kernels_only_when_they_save_more_than_loading_them(monkeypatch):
+    monkeypatch.setenv("MERGEZOO_KERNELS", "auto")
+    per_billion = 5.0  # seconds saved per 1e9 parameters x models
+    break_even = kernels.LOAD_SECONDS / per_billion * 1e9
+    assert not kernels.worth_it(per_billion, int(break_even * 0.9))
+    assert kernels.worth_it(per_billion, int(break_even * 1.1))
+    assert not kernels.worth_it(0.0, 10**12)
+    monkeypatch.setenv("MERGEZOO_KERNELS", "fused")
+    assert kernels.worth_it(0.0, 1)
+    monkeypatch.setenv("MERGEZOO_KERNELS", "eager")
+    assert not kernels.worth_it(100.0, 10**12)
+
+
+def test_load_reports_which_dtypes_the_kernels_read():
+    assert kernels.load({"bfloat16"}, {"bfloat16", "float32"}, n_models=2, has_base=True)
+    assert not kernels.load({"float16"}, {"float16"}, n_models=2, has_base=True)
+
+
+@pytest.mark.parametrize("where", ["base", "expert", "dropped"])
+def test_a_non_finite_input_fails_the_slice_even_where_it_would_not_reach_the_output(where):
+    n = 5000
+    base = torch.randn(n)
+    experts = [base + 0.1 * torch.randn(n) for _ in range(2)]
+    target = base if where == "base" else experts[1]
+    target[4321] = float("inf") if where == "base" else float("nan")
+    plan = kernels.Combine.linear([1.0, 1.0])
+    if where == "dropped":  # drop everything of that expert: its NaN never reaches the sum
+        plan = kernels.Combine.linear([1.0, 0.0]).dropped([1.0, 1e-6], [1, 2], rescale=False)
+    out = np.empty(n, np.float32)
+    assert not kernels.merge_slice(plan, base.numpy(), [e.numpy() for e in experts], out,
+                                   offset=0)
+    clean = [torch.randn(n).numpy() for _ in range(2)]
+    assert kernels.merge_slice(plan, torch.randn(n).numpy(), clean, out, offset=0)
+
+
+def test_a_finite_sum_that_rounds_to_bf16_infinity_fails_the_slice():
+    big = torch.full((100,), 3.38e38)  # bf16's largest finite value is about 3.39e38
+    experts = [big + 2e36, big + 2e36]  # 3.40e38: finite in float32, Inf once cast to bf16
+    plan = kernels.Combine.linear([1.0, 1.0], normalize=True)
+    args = (big.numpy(), [e.numpy() for e in experts])
+    assert kernels.merge_slice(plan, *args, np.empty(100, np.float32), offset=0)
+    out = np.empty(100, np.uint16)
+    assert not kernels.merge_slice(plan, *args, out, offset=0)
+
+
+@pytest.mark.parametrize("n", [7, 2048, 5000, 2 * 2048 + 13])
+def test_band_scan_counts_above_and_gathers_the_band_in_order(n):
+    g = torch.Generator().manual_seed(n)
+    base = torch.randn(n, generator=g)
+    expert = base + 0.25 * torch.randint(-4, 5, (n,), generator=g)  # many equal magnitudes
+    bits = magnitude_bits(expert.to(torch.bfloat16).float() - base.to(torch.bfloat16).float())
+    values = sorted(set(bits.tolist()))
+    for low, high in [(values[1], values[-2]), (values[0], values[-1]), (values[2], values[2])]:
+        above, band = kernels.band_scan(_bf16(base), _bf16(expert), low, high)
+        assert above == int((bits > high).sum())
+        assert band.tolist() == bits[(bits >= low) & (bits <= high)].tolist()
+
+
+def test_strided_magnitudes_match_the_torch_task_vector():
+    g = torch.Generator().manual_seed(0)
+    base, expert = torch.randn(10_000, generator=g), torch.randn(10_000, generator=g)
+    want = magnitude_bits(expert.to(torch.bfloat16).float() - base.to(torch.bfloat16).float())
+    for part in (slice(0, 10_000, 7), slice(3, 9_000, 250), slice(0, 10_000)):
+        got = kernels.magnitudes(_bf16(base), _bf16(expert), part)
+        assert got.tolist() == want[part].tolist()
