@@ -234,15 +234,13 @@ def _disjoint(d, m, weight, sign, normalize, floor, votes, mixed, div):
             continue
         aw = abs(w)
         flip = np.float32(-1 if w < 0 else 1)
+        count = w if normalize else np.float32(0)  # (a zero weight adds nothing to div)
         di = d[i]
         for j in range(m):
             a = di[j] * votes[j] * flip
-            a = a if a > 0 else np.float32(0)
-            mixed[j] = _fma(aw, a, mixed[j])
-        if normalize:
-            for j in range(m):
-                a = di[j] * votes[j] * flip
-                div[j] = _fma(w, np.float32(1 if a > 0 else 0), div[j])
+            agrees = a > 0
+            mixed[j] = _fma(aw, a if agrees else np.float32(0), mixed[j])
+            div[j] = _fma(count, np.float32(1) if agrees else np.float32(0), div[j])
     for j in range(m):
         v = mixed[j] * votes[j]
         if normalize:
