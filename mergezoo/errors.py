@@ -9,6 +9,10 @@ class MergezooError(Exception):
     """Base class of every error that is the user's input, not a bug."""
 
 
+class ConfigurationError(MergezooError):
+    """An environment variable or setting has a value mergezoo does not know."""
+
+
 class RecipeError(MergezooError):
     """A recipe is not valid YAML, or names an unknown field, method or hyperparameter."""
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from mergezoo.errors import ConfigurationError
+
 logger = logging.getLogger(__name__)
 
 # Per-expert trim rules and sign election rules (see `Combine`).
@@ -63,7 +65,8 @@ def mode() -> str:
     """`MERGEZOO_KERNELS`: auto (default), fused or eager (see the module docstring)."""
     value = os.environ.get("MERGEZOO_KERNELS", "auto").strip().lower() or "auto"
     if value not in MODES:
-        raise ValueError(f"MERGEZOO_KERNELS={value!r} is not one of {', '.join(MODES)}")
+        raise ConfigurationError(
+            f"MERGEZOO_KERNELS={value!r} is not one of {', '.join(MODES)}")
     return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -95,12 +96,15 @@ dtype: float32
     assert_same(load_folder(out), expected)
 
 
-def test_merge_from_the_command_line(toy_zoo):
+@pytest.mark.parametrize("kernels", [[], ["--kernels", "fused"], ["--kernels", "eager"]])
+def test_merge_from_the_command_line(toy_zoo, monkeypatch, kernels):
+    monkeypatch.setenv("MERGEZOO_KERNELS", "auto")  # restored after --kernels changes it
     e0, e1, _ = toy_zoo["experts"]
     out = toy_zoo["root"] / "merged"
     status = cli("merge", "--method", "ties", "--base", toy_zoo["base"], e0, e1, "--out", out,
-                 "--set", "density=0.2", "--set", "lambda=1.0", "-q")
+                 "--set", "density=0.2", "--set", "lambda=1.0", "-q", *kernels)
     assert status == 0
+    assert os.environ["MERGEZOO_KERNELS"] == (kernels[1] if kernels else "auto")
     expected = reference(toy_zoo, "cl", "ties", experts=[e0, e1],
                          params={"density": 0.2, "lambda": 1.0})
     assert_same(load_folder(out), expected)
@@ -142,6 +146,15 @@ def test_summary_line_unless_quiet(toy_zoo, capsys):
 
 
 # --- errors ------------------------------------------------------------------------------------
+
+def test_unknown_kernels_setting_is_named(toy_zoo, capsys, monkeypatch):
+    monkeypatch.setenv("MERGEZOO_KERNELS", "turbo")
+    out = toy_zoo["root"] / "merged"
+    status = cli("merge", "--method", "task_arithmetic", "--base", toy_zoo["base"],
+                 *toy_zoo["experts"], "--out", out)
+    assert_clean_error(capsys, status, "MERGEZOO_KERNELS='turbo'", "auto, fused, eager")
+    assert_nothing_written(out)
+
 
 def test_unknown_method(toy_zoo, capsys):
     out = toy_zoo["root"] / "merged"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mergezoo.errors import ConfigurationError
 from mergezoo.merge import kernels
 from mergezoo.merge.ops import magnitude_bits
 
@@ -24,7 +25,7 @@ def test_mode_comes_from_the_environment_and_bad_values_are_named(monkeypatch):
     monkeypatch.setenv("MERGEZOO_KERNELS", "Fused")
     assert kernels.mode() == "fused"
     monkeypatch.setenv("MERGEZOO_KERNELS", "fast")
-    with pytest.raises(ValueError, match="MERGEZOO_KERNELS='fast'.*auto, fused, eager"):
+    with pytest.raises(ConfigurationError, match="MERGEZOO_KERNELS='fast'.*auto, fused, eager"):
         kernels.mode()
 
 
