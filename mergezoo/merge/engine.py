@@ -133,10 +133,6 @@ def _touch_pages(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _first_bad_input(key: str, sources: list[TensorSource]) -> str | None:
     """The input whose tensor `key` holds NaN or Inf, read afresh (the engine's copies have
     been worked on in place by then)."""
@@ -189,12 +185,11 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     merger = _TensorMerger(spec=spec, kwargs=kwargs, positions=positions, lines=lines, dev=dev,
                            dtype=dtype, use_base=use_base, seed=seed, sources=inputs,
                            sliced=sliced)
-    floats = [k for k in keys if plan[k][1].is_floating_point]
-    entries = sum(math.prod(plan[k][0]) for k in floats) * len(models)
+    float_keys = [k for k in keys if reference.dtype(k).is_floating_point]
+    entries = sum(math.prod(plan[k][0]) for k in float_keys) * len(models)
     if sliced and spec.fused is not None and kernels.worth_it(spec.fused_saves, entries):
-        merger.fused = kernels.load({_dtype_name(reference.dtype(k)) for k in floats},
-                                    {_dtype_name(plan[k][1]) for k in floats}, len(models),
-                                    use_base)
+        merger.fused = kernels.load({reference.dtype(k) for k in float_keys},
+                                    {plan[k][1] for k in float_keys}, len(models), use_base)
     in_ring = BufferRing(slots=len(inputs))
 
     def load(key: str, turn: int, whole: bool) -> list[torch.Tensor]:
@@ -211,7 +206,6 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
         return [in_ring.take(turn, slot, plan[key][0], dtype).copy_(src.get(key))
                 for slot, src in enumerate(inputs)]
 
-    float_keys = [k for k in keys if reference.dtype(k).is_floating_point]
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-read")
 
     def prefetched(order: list[str], whole: bool) -> Iterator[tuple[str, list[torch.Tensor]]]:

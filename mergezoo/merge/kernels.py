@@ -37,8 +37,10 @@ import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from mergezoo.errors import ConfigurationError
+from mergezoo.merge.ops import check_sign_rule, divisor_floor, drop_threshold, linear_divisor
 
 logger = logging.getLogger(__name__)
 
@@ -86,21 +88,35 @@ def worth_it(saves: float, entries: int) -> bool:
     return mode() == "fused" or (saves * entries / 1e9 > LOAD_SECONDS and _code() is not None)
 
 
-_ARRAY_DTYPES = {"bfloat16": np.uint16, "float32": np.float32}  # torch dtype -> what kernels read
+# What the kernels read and write: float32, and bfloat16 as its uint16 bit patterns.
+_ARRAY_DTYPES = {torch.bfloat16: np.uint16, torch.float32: np.float32}
+
+
+def as_array(t: torch.Tensor) -> np.ndarray | None:
+    """A contiguous CPU tensor as the numpy array the kernels read or write (no copy), or None
+    for a tensor they cannot take."""
+    if t.device.type != "cpu" or not t.is_contiguous() or t.dtype not in _ARRAY_DTYPES:
+        return None
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
 _loaded: dict[tuple, bool] = {}
 _loading = threading.Lock()
 
 
-def load(in_dtypes: set[str], out_dtypes: set[str], n_models: int, has_base: bool) -> bool:
-    """Load (or, the first time, compile) the kernels for these input and output dtypes
-    (torch names, e.g. "bfloat16") and this many models, once per process. Returns whether
-    they run here (False: numba is missing or fails, and merges use the torch functions).
+def load(in_dtypes: set[torch.dtype], out_dtypes: set[torch.dtype], n_models: int,
+         has_base: bool) -> bool:
+    """Load (or, the first time, compile) the kernels for these input and output dtypes and
+    this many models, once per process. Returns whether they run here (False: a dtype they do
+    not read, or numba is missing or fails, and merges use the torch functions).
 
     Example:
-        >>> load({"bfloat16"}, {"bfloat16"}, n_models=2, has_base=True)   # doctest: +SKIP
+        >>> load({torch.bfloat16}, {torch.bfloat16}, n_models=2, has_base=True)  # doctest: +SKIP
         True
     """
-    keys = [(i, o, n_models, has_base) for i in sorted(in_dtypes) for o in sorted(out_dtypes)
+    keys = [(i, o, n_models, has_base) for i in in_dtypes for o in out_dtypes
             if i in _ARRAY_DTYPES and o in _ARRAY_DTYPES]
     with _loading:
         for key in keys:
@@ -163,25 +179,20 @@ class Combine:
         """sum_i w_i x_i (x: task vectors, or models with add_base=False), divided by the sum
         of the weights with `normalize` (as `ops.combine` with no sign rule)."""
         n = len(weights)
-        total = sum(weights)
         return cls(weight=np.asarray(weights, np.float32), trim=np.zeros(n, np.int64),
                    thr=np.zeros(n, np.float32), ties=np.zeros((1, n), np.int64),
                    drop_below=np.full(n, -1, np.int64), drop_key=np.zeros(n, np.int64),
                    rescale=np.zeros(n, np.float32), normalize=normalize,
-                   total=total if normalize and abs(total) >= 1e-8 else 1.0, lam=lam,
-                   add_base=add_base)
+                   total=linear_divisor(weights, normalize), lam=lam, add_base=add_base)
 
     @classmethod
     def disjoint(cls, weights: list[float], *, sign_rule: str, normalize: bool,
                  lam: float = 1.0) -> "Combine":
         """TIES's elect-and-merge (as `ops.combine` with `sign_rule`)."""
-        if sign_rule not in ("sum", "count"):
-            raise ValueError(f"unknown sign election rule {sign_rule!r}")
-        used = [w for w in weights if w != 0]
-        floor = min(used) / 2 if used and min(used) > 0 else 0.0
+        check_sign_rule(sign_rule, optional=False)
         return replace(cls.linear(weights, lam=lam), normalize=normalize, total=1.0,
                        sign=SIGN_SUM if sign_rule == "sum" else SIGN_COUNT,
-                       divisor_floor=floor)
+                       divisor_floor=divisor_floor(weights))
 
     def trimmed(self, rules: list[int], thresholds: list[float],
                 ties: list[list[int]] | None = None) -> "Combine":
@@ -196,7 +207,6 @@ class Combine:
 
     def dropped(self, densities: list[float], keys: list[int], rescale: bool) -> "Combine":
         """With DARE's random drop (an expert with density >= 1 keeps everything)."""
-        from mergezoo.merge.ops import drop_threshold
         keep = [d < 1 for d in densities]
         return replace(self, drop_below=np.asarray(
             [drop_threshold(d) if k else -1 for d, k in zip(densities, keep)], np.int64),

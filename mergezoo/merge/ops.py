@@ -314,6 +314,31 @@ def chunks(n: int, device: torch.device) -> list[slice]:
     return [slice(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
 
 
+SIGN_RULES = ("sum", "count")
+
+
+def check_sign_rule(sign_rule: str | None, *, optional: bool = True) -> None:
+    """ValueError unless `sign_rule` is one of SIGN_RULES (or None, when `optional`)."""
+    if not (sign_rule is None and optional) and sign_rule not in SIGN_RULES:
+        raise ValueError(f"unknown sign election rule {sign_rule!r}")
+
+
+def linear_divisor(weights: list[float], normalize: bool) -> float:
+    """What a weighted sum is divided by: the sum of the weights with `normalize` (unless it
+    is about zero), else 1."""
+    total = sum(weights)
+    return total if normalize and abs(total) >= 1e-8 else 1.0
+
+
+def divisor_floor(weights: list[float]) -> float:
+    """The disjoint merge's divisor (the weights of the agreeing entries) is clamped to this
+    when it is > 0, so that where no entry agrees (`mixed` is 0) it is not 0: with positive
+    weights a divisor is 0 or at least the smallest weight. 0.0: other weights, where a zero
+    divisor is replaced by 1 instead."""
+    used = [w for w in weights if w != 0]
+    return min(used) / 2 if used and min(used) > 0 else 0.0
+
+
 def combine(deltas: list[torch.Tensor], weights: list[float], *, sign_rule: str | None,
             normalize: bool, lambda_: float, owned: bool = False) -> torch.Tensor:
     """Weighted sum of (already sparsified) task vectors, as mergekit's generalized task
@@ -324,8 +349,7 @@ def combine(deltas: list[torch.Tensor], weights: list[float], *, sign_rule: str 
     fraction of the memory traffic, which is what bounds a merge on CPU. With `owned`, `deltas`
     are overwritten.
     """
-    if sign_rule not in (None, "sum", "count"):
-        raise ValueError(f"unknown sign election rule {sign_rule!r}")
+    check_sign_rule(sign_rule)
     flat = [d.reshape(-1) for d in deltas]
     parts = chunks(flat[0].numel(), flat[0].device)
     if len(parts) == 1:  # one slice (a GPU, or the engine's slice-by-slice merge): no copy
@@ -347,10 +371,8 @@ def _combine_flat(deltas: list[torch.Tensor], weights: list[float], sign_rule: s
             else (first if owned else first.clone())
         for d, w in zip(deltas[1:], weights[1:]):
             mixed.add_(d, alpha=w)
-        total = sum(weights)
-        if normalize and abs(total) >= 1e-8:
-            mixed.div_(total)
-        return mixed
+        total = linear_divisor(weights, normalize)
+        return mixed.div_(total) if total != 1.0 else mixed
     votes = torch.zeros_like(deltas[0])
     for d, w in zip(deltas, weights):
         votes.add_(d if sign_rule == "sum" else _signed(d, w), alpha=w if sign_rule == "sum" else 1)
@@ -374,11 +396,9 @@ def _combine_flat(deltas: list[torch.Tensor], weights: list[float], sign_rule: s
         mixed.add_(agreeing, alpha=abs(w))
     mixed.mul_(majority)
     if divisor is not None:
-        # Where no entry agrees, `mixed` is 0 and any non-zero divisor will do. With positive
-        # weights a divisor is 0 or at least the smallest weight, so a clamp does it.
-        used = [w for w in weights if w != 0]
-        if used and min(used) > 0:
-            divisor.clamp_(min=min(used) / 2)
+        floor = divisor_floor(weights)
+        if floor > 0:
+            divisor.clamp_(min=floor)
         else:
             divisor.masked_fill_(divisor == 0, 1)
         mixed.div_(divisor)

@@ -46,12 +46,11 @@ class SlicedTensor:
         self.dtype = dtype
         self.parts = chunks(self.n, torch.device("cpu"))
         self.pool = pool
-        # The inputs as numpy arrays for the fused kernels, when they can read them.
-        self.arrays = [_as_array(t) for t in self.flat] \
+        # The inputs as numpy arrays for the fused kernels, when they can read them all.
+        arrays = [kernels.as_array(t) for t in self.flat] \
             if fused and dtype == torch.float32 and kernels.enabled() \
-            and len({t.dtype for t in self.flat}) == 1 else None
-        if self.arrays is not None and any(a is None for a in self.arrays):
-            self.arrays = None
+            and len({t.dtype for t in self.flat}) == 1 else [None]
+        self.arrays = None if any(a is None for a in arrays) else arrays
 
     def map(self, fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
         """[fn(item) for item in items], on the engine's compute threads when it has several;
@@ -99,17 +98,6 @@ class SlicedTensor:
         return scan
 
 
-def _as_array(t: torch.Tensor):
-    """A CPU tensor as a numpy array the kernels read (bf16 as its uint16 bits), or None."""
-    if t.device.type != "cpu" or not t.is_contiguous():
-        return None
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view("uint16")
-    if t.dtype == torch.float32:
-        return t.numpy()
-    return None
-
-
 def new_scratch(n_inputs: int, dtype: torch.dtype) -> list[torch.Tensor]:
     """One slice-sized buffer per input, reused for every slice of every tensor."""
     return [torch.empty(CHUNK, dtype=dtype) for _ in range(n_inputs)]
@@ -131,7 +119,7 @@ def merge_sliced(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor, out:
     tensor_state = spec.per_tensor(view, hp) if spec.per_tensor else None
     flat_out = out.view(-1)
     plan = _fused_plan(spec, hp, view, seeds, state, tensor_state, scale)
-    out_array = _as_array(flat_out) if plan is not None else None
+    out_array = kernels.as_array(flat_out) if plan is not None else None
     if out_array is None:
         plan = None
     scratch = scratch or [new_scratch(len(view.flat), view.dtype)]

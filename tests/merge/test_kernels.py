@@ -43,8 +43,9 @@ def test_auto_uses_the_kernels_only_when_they_save_more_than_loading_them(monkey
 
 
 def test_load_reports_which_dtypes_the_kernels_read():
-    assert kernels.load({"bfloat16"}, {"bfloat16", "float32"}, n_models=2, has_base=True)
-    assert not kernels.load({"float16"}, {"float16"}, n_models=2, has_base=True)
+    assert kernels.load({torch.bfloat16}, {torch.bfloat16, torch.float32}, n_models=2,
+                        has_base=True)
+    assert not kernels.load({torch.float16}, {torch.float16}, n_models=2, has_base=True)
 
 
 @pytest.mark.parametrize("where", ["base", "expert", "dropped"])

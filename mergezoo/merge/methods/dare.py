@@ -20,6 +20,8 @@ def _fused(sign_rule: str | None):
             else Combine.disjoint(weight, sign_rule=sign_rule, normalize=normalize, lam=lambda_)
         return merge.dropped(density, x.seeds, rescale)
     return plan
+
+
 # Both DARE variants share their registration: paper, needs, ranges, grid.
 _DARE = dict(paper="https://arxiv.org/abs/2311.03099", needs=Needs(base=True),
              per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
