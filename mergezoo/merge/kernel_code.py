@@ -1,11 +1,12 @@
 """The numba code behind `mergezoo.merge.kernels` (import that module, not this one).
 
 Written for the loop vectorizer: each loop runs over one block of a slice with no branches
-that depend on the data (selects instead), reads the inputs in their own dtype and converts
-each value in registers (`_load`), so the inputs are streamed once per pass and the block's
-float32 state (votes, sums, trimmed task vectors) stays in L1/L2. Fused multiply-adds appear
-exactly where torch's `add_(x, alpha=w)` uses them, so results match the eager functions bit
-for bit.
+that depend on the data (a kept-or-dropped value is a product with a 0/1 factor: LLVM may
+compile `x if cond else 0` to a real branch), reads the inputs in their own dtype and
+converts each value in registers (`_load`), so the inputs are streamed once per pass and the
+block's float32 state (votes, sums, trimmed task vectors) stays in L1/L2. Fused multiply-adds
+appear exactly where torch's `add_(x, alpha=w)` uses them, so results match the eager
+functions bit for bit.
 """
 
 from __future__ import annotations
