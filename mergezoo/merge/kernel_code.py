@@ -264,38 +264,50 @@ def _disjoint(d, m, weight, sign, normalize, floor, votes, mixed, div):
 
 
 @_jit
-def band_scan(base, expert, low, high, band):
-    """Magnitude bits of expert - base: returns (how many are > high, how many are within
-    [low, high]), those written to `band` in order. The gather, a scalar loop, visits only the
-    8-entry words of an in-band flag array that hold any (a few percent of the entries)."""
+def band_scan(base, experts, low, high, bands, counts, above):
+    """For each task vector experts[i] - base, as magnitude bits: how many are > high[i]
+    (into above[i]), and those within [low[i], high[i]] written to bands[i] in order (their
+    number into counts[i]). One pass reads the base once for every expert. The gather, a
+    scalar loop, visits only the 8-entry words of an in-band flag array that hold any (a few
+    percent of the entries)."""
     n = base.shape[0]
+    b = np.empty(BLOCK, np.float32)
     bits = np.empty(BLOCK, np.int32)
     inside = np.zeros(BLOCK, np.uint8)
     words = inside.view(np.uint64)
-    width = np.uint32(high - low)
-    above = 0
-    count = 0
+    counts[:] = 0
+    above[:] = 0
     for s in range(0, n, BLOCK):
         m = min(BLOCK, n - s)
-        e_block = expert[s:s + m]
         b_block = base[s:s + m]
-        # Two loops: the count in the same loop as the stores kept both from vectorizing.
         for j in range(m):
-            mag = np.int32(_bits(abs(_load(e_block, j) - _load(b_block, j))))
-            bits[j] = mag
-            inside[j] = np.uint8(1) if np.uint32(mag - low) <= width else np.uint8(0)
-        count_above = np.int32(0)
-        for j in range(m):
-            count_above += np.int32(1) if bits[j] > high else np.int32(0)
-        above += count_above
-        inside[m:] = 0
-        for w in range(BLOCK // 8):
-            if words[w] == 0:
-                continue
-            for j in range(w * 8, w * 8 + 8):
-                band[count] = bits[j]
-                count += np.int64(inside[j])
-    return above, count
+            b[j] = _load(b_block, j)
+        i = 0
+        for expert in experts:
+            e_block = expert[s:s + m]
+            lo = np.int32(low[i])
+            hi = np.int32(high[i])
+            width = np.uint32(high[i] - low[i])
+            # Two loops: the count in the same loop as the stores kept both from vectorizing.
+            for j in range(m):
+                mag = np.int32(_bits(abs(_load(e_block, j) - b[j])))
+                bits[j] = mag
+                inside[j] = np.uint8(1) if np.uint32(mag - lo) <= width else np.uint8(0)
+            count_above = np.int32(0)
+            for j in range(m):
+                count_above += np.int32(1) if bits[j] > hi else np.int32(0)
+            above[i] += count_above
+            inside[m:] = 0
+            band = bands[i]
+            count = counts[i]
+            for w in range(BLOCK // 8):
+                if words[w] == 0:
+                    continue
+                for j in range(w * 8, w * 8 + 8):
+                    band[count] = bits[j]
+                    count += np.int64(inside[j])
+            counts[i] = count
+            i += 1
 
 
 @_jit

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from mergezoo.errors import ConfigurationError
-from mergezoo.merge.ops import check_sign_rule, divisor_floor, drop_threshold, linear_divisor
+from mergezoo.merge.ops import CHUNK, check_sign_rule, divisor_floor, drop_threshold, linear_divisor
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _load(key: tuple) -> bool:
                     tiny if has_base else None, [tiny] * n_models,
                     np.zeros(16, _ARRAY_DTYPES[out_dtype]), offset=0)
         if has_base:
-            band_scan(tiny, tiny, 0, 1)
+            band_scan(tiny, [tiny] * n_models, [0] * n_models, [1] * n_models)
             magnitudes(tiny, tiny, slice(0, 16, 2))
     except Exception:  # noqa: BLE001 - kernels that cannot load leave merges to torch
         logger.warning("fused merge kernels unavailable; merging with torch", exc_info=True)
@@ -148,7 +148,7 @@ def _load(key: tuple) -> bool:
 class Combine:
     """What to do to one tensor's task vectors (or models): the method, as data.
 
-    Per expert: `weight`; `trim` one of KEEP_ALL, HARDSHRINK (|x| > thr keeps x, else +0),
+    Per expert: `weight`; `trim` (per slice, or one row for all) one of KEEP_ALL, HARDSHRINK (|x| > thr keeps x, else +0),
     TOP_K_TIES (x times [|x| > thr, or |x| == thr for the slice's first `ties[slice]` such
     entries]), AT_LEAST (x times [|x| >= thr]); `drop_below` >= 0 turns on DARE's random drop
     (keep where the entry's lane is below it, lanes from `drop_key`), then divide by `rescale`
@@ -159,7 +159,7 @@ class Combine:
     """
 
     weight: np.ndarray
-    trim: np.ndarray
+    trim: np.ndarray  # [slices or 1, experts]
     thr: np.ndarray
     ties: np.ndarray  # [slices, experts]: tied entries kept per slice (TOP_K_TIES)
     drop_below: np.ndarray
@@ -179,7 +179,7 @@ class Combine:
         """sum_i w_i x_i (x: task vectors, or models with add_base=False), divided by the sum
         of the weights with `normalize` (as `ops.combine` with no sign rule)."""
         n = len(weights)
-        return cls(weight=np.asarray(weights, np.float32), trim=np.zeros(n, np.int64),
+        return cls(weight=np.asarray(weights, np.float32), trim=np.zeros((1, n), np.int64),
                    thr=np.zeros(n, np.float32), ties=np.zeros((1, n), np.int64),
                    drop_below=np.full(n, -1, np.int64), drop_key=np.zeros(n, np.int64),
                    rescale=np.zeros(n, np.float32), normalize=normalize,
@@ -195,15 +195,22 @@ class Combine:
                        divisor_floor=divisor_floor(weights))
 
     def trimmed(self, rules: list[int], thresholds: list[float],
-                ties: list[list[int]] | None = None) -> "Combine":
-        """With a trim rule and threshold per expert; `ties[i]`: TOP_K_TIES's per-slice ties."""
+                ties: list[list[int] | None] | None = None,
+                equal: list[list[int] | None] | None = None) -> "Combine":
+        """With a trim rule and threshold per expert. A TOP_K_TIES expert's `ties[i]` and
+        `equal[i]` say, per slice, how many of the entries equal to the threshold it keeps,
+        of how many: a slice that keeps none of them trims as HARDSHRINK, one that keeps all
+        as AT_LEAST (both vectorize); only a slice that keeps some runs the positional loop."""
         n_slices = max((len(t) for t in ties or [] if t), default=1)
         table = np.zeros((n_slices, len(rules)), np.int64)
+        trim = np.tile(np.asarray(rules, np.int64), (n_slices, 1))
         for i, per_slice in enumerate(ties or []):
             if per_slice:
-                table[:, i] = per_slice
-        return replace(self, trim=np.asarray(rules, np.int64),
-                       thr=np.asarray(thresholds, np.float32), ties=table)
+                kept, of = np.asarray(per_slice), np.asarray(equal[i])
+                table[:, i] = kept
+                trim[:, i] = np.where(kept <= 0, HARDSHRINK,
+                                      np.where(kept >= of, AT_LEAST, TOP_K_TIES))
+        return replace(self, trim=trim, thr=np.asarray(thresholds, np.float32), ties=table)
 
     def dropped(self, densities: list[float], keys: list[int], rescale: bool) -> "Combine":
         """With DARE's random drop (an expert with density >= 1 keeps everything)."""
@@ -223,8 +230,7 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
     the engine's slicing (TOP_K_TIES's ties). Returns False when an input or the result holds
     NaN or Inf."""
     ties = plan.ties[slice_index if plan.ties.shape[0] > 1 else 0]
-    # A top-k cut with no tied entries to keep in this slice is hardshrink (as in ops.TopKCut).
-    trim = np.where((plan.trim == TOP_K_TIES) & (ties <= 0), HARDSHRINK, plan.trim)
+    trim = plan.trim[slice_index if plan.trim.shape[0] > 1 else 0]
     bad = _code().merge(base if base is not None else experts[0], tuple(experts), out, offset,
                  plan.weight, trim, plan.thr, ties.copy(),
                  plan.drop_below, plan.drop_key, plan.rescale, plan.sign, plan.normalize,
@@ -233,12 +239,25 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
     return not bad
 
 
-def band_scan(base: np.ndarray, expert: np.ndarray, low: int, high: int) -> tuple[int, np.ndarray]:
-    """For the task vector expert - base: how many magnitudes (as float32 bits) are above
-    `high`, and the bits of those within [low, high], in order (`ops.TopKCut`'s bracket pass)."""
-    band = np.empty(base.shape[0] + 8, np.int32)  # the gather writes up to 7 past its count
-    above, n_band = _code().band_scan(base, expert, np.int64(low), np.int64(high), band)
-    return int(above), band[:n_band]
+_scan_scratch = threading.local()  # band_scan's gather buffer, one per compute thread
+
+
+def band_scan(base: np.ndarray, experts: list[np.ndarray], low: list[int],
+              high: list[int]) -> list[tuple[int, np.ndarray]]:
+    """For each task vector experts[i] - base: how many magnitudes (as float32 bits) are
+    above `high[i]`, and the bits of those within [low[i], high[i]], in order (`ops.TopKCut`'s
+    bracket pass), in one pass that reads the base once."""
+    n = len(experts)
+    # The gather writes up to 7 past its count. The buffer is the thread's, reused: a fresh
+    # one per call costs more in page zeroing (the kernel zeroes whole 2 MB huge pages) than
+    # copying out the few percent of entries gathered.
+    bands = getattr(_scan_scratch, "bands", None)
+    if bands is None or bands.shape[0] != n or bands.shape[1] < base.shape[0] + 8:
+        bands = _scan_scratch.bands = np.empty((n, max(base.shape[0], CHUNK) + 8), np.int32)
+    counts, above = np.empty(n, np.int64), np.empty(n, np.int64)
+    _code().band_scan(base, tuple(experts), np.asarray(low, np.int64),
+                      np.asarray(high, np.int64), bands, counts, above)
+    return [(int(a), bands[i, :c].copy()) for i, (a, c) in enumerate(zip(above, counts))]
 
 
 def magnitudes(base: np.ndarray, expert: np.ndarray, part: slice) -> np.ndarray:

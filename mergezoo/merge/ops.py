@@ -73,7 +73,9 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | No
 
 Magnitudes = Callable[[slice], torch.Tensor]  # a slice of a flat tensor -> its magnitude bits
 # (part, low, high) -> (how many magnitude bits in part are > high, those in [low, high])
-BandScan = Callable[[slice, int, int], "tuple[int, torch.Tensor]"]
+BandScan = Callable[[slice, int, int], "tuple[int, torch.Tensor | np.ndarray]"]
+# (part, lows, highs) -> BandScan's answer for every task vector of a tensor, in one pass
+BandScanAll = Callable[[slice, list[int], list[int]], "list[tuple[int, np.ndarray]]"]
 
 
 def band_of(bits_of: Magnitudes) -> BandScan:
@@ -99,36 +101,57 @@ def kth_smallest(values: torch.Tensor, ranks: list[int]) -> list[int]:
     return [int(torch.kthvalue(values, r).values) for r in ranks]
 
 
-def _bracketed_threshold(bits_of: Magnitudes, n: int, k: int, parts: list[slice],
-                         scan: BandScan | None = None) -> tuple[int, int, list[int]] | None:
-    """Fast path of `TopKCut.find`: bracket the threshold with a strided sample, then one pass
-    counts the entries above the bracket and gathers those inside it (about 1% of them), where
-    an exact selection finishes. Returns (threshold, ties, entries equal to the threshold in
-    each part), or None when the sample's bracket misses the threshold."""
-    sample = bits_of(slice(0, n, max(1, n // 32768)))
+SAMPLE = 32768  # entries in the strided sample that brackets a top-k cut
+
+
+def sample_part(n: int) -> slice:
+    """The strided part of a flat tensor of `n` entries that brackets its top-k cut."""
+    return slice(0, n, max(1, n // SAMPLE))
+
+
+def bracket(sample: torch.Tensor, n: int, k: int) -> tuple[int, int]:
+    """Magnitude bits (low, high) that very likely hold the k-th largest of `n` entries,
+    judged from a strided sample of their magnitude bits: its values ranked a margin of four
+    standard deviations of a sample rank above and below the cut's expected rank."""
     m = sample.numel()
     rank = k / n * m
     margin = int(4 * (rank * (1 - k / n)) ** 0.5) + 16
-    # The sample's values ranked margin above and below the threshold's expected rank.
     high, low = kth_smallest(sample, [m - max(0, int(rank) - margin),
                                       m - min(m - 1, int(rank) + margin)])
-    scan = scan or band_of(bits_of)
-    above, inside = 0, []
-    for part in parts:
-        part_above, band = scan(part, low, high)
-        above += part_above
-        inside.append(band)
-    candidates = torch.cat(inside)
+    return low, high
+
+
+def resolve_band(above: int, bands: list, k: int, low: int,
+                 high: int) -> tuple[int, list[int], list[int]] | None:
+    """The exact top-k cut from a bracket pass: `above` entries are above `high`, `bands[j]`
+    holds part j's magnitude bits within [low, high], in order. Returns the threshold, how
+    many entries equal to it each part keeps (the first ones, in part order) and how many it
+    has, or None when the bracket missed the cut.
+
+    A histogram of the band finds the threshold when the band spans few distinct bit
+    patterns (bf16 task vectors: a few dozen), a selection when it spans many."""
+    bands = [b.cpu().numpy() if isinstance(b, torch.Tensor) else b for b in bands]
+    candidates = np.concatenate(bands) if len(bands) > 1 else bands[0]
     need = k - above
-    if not 0 < need <= candidates.numel():
+    if not 0 < need <= candidates.size:
         return None
-    threshold, = kth_smallest(candidates, [candidates.numel() - need + 1])
-    equal = [int(torch.count_nonzero(c == threshold)) for c in inside]
-    return threshold, need - int(torch.count_nonzero(candidates > threshold)), equal
+    if high - low < max(BUCKETS, candidates.size):
+        hist = np.bincount(candidates - np.int32(low), minlength=high - low + 1)
+        bucket, ties = bucket_of_kth(torch.from_numpy(hist), need)
+        threshold = low + bucket
+    else:
+        threshold, = kth_smallest(torch.from_numpy(candidates), [candidates.size - need + 1])
+        ties = need - int(np.count_nonzero(candidates > threshold))
+    # The tied entries that belong to the top k are the first `ties` of them.
+    tied = np.flatnonzero(candidates == threshold)
+    starts = np.cumsum([0] + [b.size for b in bands[:-1]])
+    owner = np.searchsorted(starts, tied, side="right") - 1  # (empty parts own nothing)
+    return (threshold, np.bincount(owner[:ties], minlength=len(bands)).tolist(),
+            np.bincount(owner, minlength=len(bands)).tolist())
 
 
 def _radix_threshold(bits_of: Magnitudes, k: int, parts: list[slice],
-                     device: torch.device) -> tuple[int, int, list[int]]:
+                     device: torch.device) -> tuple[int, list[int], list[int]]:
     """Exact fallback of `TopKCut.find`: radix selection with two 65,536-bucket histograms."""
     high = torch.zeros(BUCKETS, dtype=torch.int64, device=device)
     for part in parts:
@@ -141,19 +164,27 @@ def _radix_threshold(bits_of: Magnitudes, k: int, parts: list[slice],
     low_bits, _ = bucket_of_kth(low, rank)
     threshold = (bucket << 16) | low_bits
     ties = k - int(high[bucket + 1:].sum()) - int(low[low_bits + 1:].sum())
-    equal = [int(torch.count_nonzero(bits_of(part) == threshold)) for part in parts] \
-        if len(parts) > 1 else [ties]
-    return threshold, ties, equal
+    equal = [int(torch.count_nonzero(bits_of(part) == threshold)) for part in parts]
+    allowed = []
+    for count in equal:  # the tied entries that belong to the top k come first
+        allowed.append(min(ties, count))
+        ties -= allowed[-1]
+    return threshold, allowed, equal
 
 
 class TopKCut:
     """The `k` largest magnitudes of a flat tensor of `n` entries (ties broken by position), as
     a cut applied part by part, in any order: in part `j`, entries above `threshold` (float32
-    bits of a magnitude) are kept, and of those equal to it, the first `ties[j]`.
+    bits of a magnitude) are kept, and of the `equal[j]` entries equal to it, the first
+    `ties[j]`.
 
     `bits_of(part)` gives the magnitude bits of any slice of the tensor, strided ones too, so
     the tensor itself need not exist in memory: the engine computes task-vector slices on the
     fly from the inputs.
+
+    Finding a cut takes a strided sample that brackets the threshold, one pass that counts the
+    entries above the bracket and gathers those inside it (about 1% of them), and an exact
+    selection among those; radix selection when the bracket misses.
 
     Example:
         >>> flat = torch.tensor([0.5, -2.0, 0.5, 1.0])
@@ -162,9 +193,10 @@ class TopKCut:
         tensor([ 0., -2.,  0.,  1.])
     """
 
-    def __init__(self, threshold: int, ties: list[int]) -> None:
+    def __init__(self, threshold: int, ties: list[int], equal: list[int]) -> None:
         self.threshold = threshold
         self.ties = ties
+        self.equal = equal
 
     @classmethod
     def find(cls, bits_of: Magnitudes, n: int, k: int, parts: list[slice] | None = None,
@@ -174,18 +206,39 @@ class TopKCut:
         if n <= SMALL:  # a plain selection beats histograms and sampling here
             bits = bits_of(slice(0, n))
             threshold, = kth_smallest(bits, [bits.numel() - k + 1])
-            return cls(threshold, [k - int(torch.count_nonzero(bits > threshold))])
-        threshold, ties, equal = _bracketed_threshold(bits_of, n, k, parts, scan) or \
-            _radix_threshold(bits_of, k, parts, torch.device(device))
-        allowed = []
-        for count in equal:  # the tied entries that belong to the top k come first
-            allowed.append(min(count, ties))
-            ties -= allowed[-1]
-        return cls(threshold, allowed)
+            return cls(threshold, [k - int(torch.count_nonzero(bits > threshold))],
+                       [int(torch.count_nonzero(bits == threshold))])
+        low, high = bracket(bits_of(sample_part(n)), n, k)
+        scan = scan or band_of(bits_of)
+        scanned = [scan(part, low, high) for part in parts]
+        found = resolve_band(sum(a for a, _ in scanned), [b for _, b in scanned], k, low, high)
+        return cls(*(found or _radix_threshold(bits_of, k, parts, torch.device(device))))
+
+    @classmethod
+    def find_each(cls, bits_of: list[Magnitudes], n: int, ks: list[int], parts: list[slice],
+                  scan_all: BandScanAll, run: Callable = map) -> "list[TopKCut]":
+        """`find` for the task vectors of one tensor (model i: `bits_of[i]`, `ks[i]`) at once:
+        `scan_all` does every bracket pass in one pass per part, which reads the base once
+        for all of them. `run(fn, items)` maps over parts and models (a thread pool's map)."""
+        if n <= SMALL:
+            return [cls.find(b, n, k, parts) for b, k in zip(bits_of, ks)]
+        brackets = list(run(lambda i: bracket(bits_of[i](sample_part(n)), n, ks[i]),
+                            range(len(ks))))
+        lows, highs = [b[0] for b in brackets], [b[1] for b in brackets]
+        scanned = list(run(lambda part: scan_all(part, lows, highs), parts))
+
+        def cut(i: int) -> TopKCut:
+            found = resolve_band(sum(s[i][0] for s in scanned), [s[i][1] for s in scanned],
+                                 ks[i], lows[i], highs[i])
+            return cls(*(found or _radix_threshold(bits_of[i], ks[i], parts,
+                                                    torch.device("cpu"))))
+        return list(run(cut, range(len(ks))))
 
     def keep(self, piece: torch.Tensor, j: int) -> torch.Tensor:
         """Boolean mask of the entries of part `j` (given as `piece`) that are in the top k."""
         b = magnitude_bits(piece)
+        if 0 < self.equal[j] <= self.ties[j]:  # every tied entry is kept
+            return (b >= self.threshold).view(piece.shape)
         keep = b > self.threshold
         if self.ties[j] > 0:
             keep[torch.nonzero(b == self.threshold).squeeze(1)[:self.ties[j]]] = True

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import torch
 
 from mergezoo.merge import kernels
-from mergezoo.merge.ops import CHUNK, chunks, magnitude_bits
+from mergezoo.merge.ops import CHUNK, TopKCut, chunks, magnitude_bits
 from mergezoo.merge.registry import MergeInputs, MergeMethod
 
 
@@ -85,17 +85,32 @@ class SlicedTensor:
         base, model = self.arrays[0], self.arrays[1 + i]
         return lambda part: torch.from_numpy(kernels.magnitudes(base, model, part))
 
-    def band_scan(self, i: int) -> "Callable[[slice, int, int], tuple[int, torch.Tensor]] | None":
-        """`ops.TopKCut`'s bracket pass over model `i`'s task vector in one fused pass per
-        slice (see `kernels.band_scan`), or None where the kernels cannot read the inputs."""
+    def top_k_cuts(self, ks: list[int | None]) -> list[TopKCut | None]:
+        """Each model's task-vector cut to its `ks[i]` largest magnitudes (None where ks[i]
+        is None), found in a first pass over the slices; where the kernels read the inputs,
+        one fused pass per slice brackets every task vector at once (see `kernels.band_scan`)."""
+        wanted = [i for i, k in enumerate(ks) if k is not None]
+        if not wanted:
+            return [None] * len(ks)
+        bits = [self.magnitude_bits(i) for i in wanted]
         if self.arrays is None or not self.has_base:
-            return None
-        base, model = self.arrays[0], self.arrays[1 + i]
+            cuts = self.map(lambda w: TopKCut.find(bits[w], self.n, ks[wanted[w]], self.parts),
+                            range(len(wanted)))
+        else:
+            base, models = self.arrays[0], self.arrays[1:]
 
-        def scan(part: slice, low: int, high: int) -> tuple[int, torch.Tensor]:
-            above, band = kernels.band_scan(base[part], model[part], low, high)
-            return above, torch.from_numpy(band)
-        return scan
+            def scan_all(part: slice, lows: list[int], highs: list[int]) -> list:
+                # Every model is scanned (one kernel for any subset); an empty bracket
+                # (-1, -1) gathers nothing for the models without a cut.
+                low, high = [-1] * len(models), [-1] * len(models)
+                for w, i in enumerate(wanted):
+                    low[i], high[i] = lows[w], highs[w]
+                scanned = kernels.band_scan(base[part], [m[part] for m in models], low, high)
+                return [scanned[i] for i in wanted]
+            cuts = TopKCut.find_each(bits, self.n, [ks[i] for i in wanted], self.parts,
+                                     scan_all, run=self.map)
+        found = dict(zip(wanted, cuts))
+        return [found.get(i) for i in range(len(ks))]
 
 
 def new_scratch(n_inputs: int, dtype: torch.dtype) -> list[torch.Tensor]:

@@ -76,16 +76,21 @@ def test_a_finite_sum_that_rounds_to_bf16_infinity_fails_the_slice():
 
 
 @pytest.mark.parametrize("n", [7, 2048, 5000, 2 * 2048 + 13])
-def test_band_scan_counts_above_and_gathers_the_band_in_order(n):
+def test_band_scan_counts_above_and_gathers_each_band_in_order(n):
     g = torch.Generator().manual_seed(n)
     base = torch.randn(n, generator=g)
-    expert = base + 0.25 * torch.randint(-4, 5, (n,), generator=g)  # many equal magnitudes
-    bits = magnitude_bits(expert.to(torch.bfloat16).float() - base.to(torch.bfloat16).float())
-    values = sorted(set(bits.tolist()))
-    for low, high in [(values[1], values[-2]), (values[0], values[-1]), (values[2], values[2])]:
-        above, band = kernels.band_scan(_bf16(base), _bf16(expert), low, high)
-        assert above == int((bits > high).sum())
-        assert band.tolist() == bits[(bits >= low) & (bits <= high)].tolist()
+    # Many equal magnitudes, and experts of different spreads, each with its own bracket.
+    experts = [base + s * torch.randint(-4, 5, (n,), generator=g) for s in (0.25, 0.5, 0.125)]
+    bits = [magnitude_bits(e.to(torch.bfloat16).float() - base.to(torch.bfloat16).float())
+            for e in experts]
+    values = [sorted(set(b.tolist())) for b in bits]
+    for pick in [(1, -2), (0, -1), (2, 2)]:
+        low = [v[pick[0]] for v in values]
+        high = [v[pick[1]] for v in values]
+        scanned = kernels.band_scan(_bf16(base), [_bf16(e) for e in experts], low, high)
+        for b, lo, hi, (above, band) in zip(bits, low, high, scanned):
+            assert above == int((b > hi).sum())
+            assert band.tolist() == b[(b >= lo) & (b <= hi)].tolist()
 
 
 def test_strided_magnitudes_match_the_torch_task_vector():

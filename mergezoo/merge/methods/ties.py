@@ -26,15 +26,8 @@ def _per_tensor(view, hp: dict) -> list[TopKCut | None] | None:
     top-k cut, found in a first pass over its slices (computed on the fly, never whole)."""
     if hp["trim_scope"] == "model":
         return None
-
-    def cut(i: int) -> TopKCut | None:
-        rho = hp["density"][i]
-        if rho >= 1:
-            return None
-        return TopKCut.find(view.magnitude_bits(i), view.n, kept_count(view.n, rho),
-                            view.parts, scan=view.band_scan(i))
-
-    return view.map(cut, range(view.n_models))
+    return view.top_k_cuts([None if rho >= 1 else kept_count(view.n, rho)
+                            for rho in hp["density"]])
 
 
 def _fused(x: MergeInputs, *, weight: list[float], density: list[float], lambda_: float,
@@ -45,7 +38,8 @@ def _fused(x: MergeInputs, *, weight: list[float], density: list[float], lambda_
         cuts = x.tensor_state
         return plan.trimmed([KEEP_ALL if c is None else TOP_K_TIES for c in cuts],
                             [0.0 if c is None else float_of_bits(c.threshold) for c in cuts],
-                            [None if c is None else c.ties for c in cuts])
+                            [None if c is None else c.ties for c in cuts],
+                            [None if c is None else c.equal for c in cuts])
     if x.state is not None:  # whole-model thresholds: keep |x| >= threshold
         return plan.trimmed([AT_LEAST] * len(x.state), list(x.state))
     return None
