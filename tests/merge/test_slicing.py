@@ -139,3 +139,28 @@ def test_nan_in_an_input_is_reported_not_written():
     view = SlicedTensor("w", [base] + models, has_base=True)
     out = torch.empty(SHAPE, dtype=torch.bfloat16)
     assert not merge_sliced(spec, spec.resolve({}, [], N_MODELS), view, out)
+
+
+@pytest.mark.parametrize("spread", ["few values", "all distinct"])
+def test_top_k_cuts_of_every_task_vector_at_once_are_the_exact_top_k(spread):
+    """The fused bracket pass over all experts (histogram resolve for few distinct values,
+    selection for many) gives each expert's exact top-k, ties by position, and says which
+    slices keep all of their tied entries."""
+    g = torch.Generator().manual_seed(3)
+    n = 3 * CHUNK + 999
+    base = torch.randn(n, generator=g).to(torch.bfloat16)
+    if spread == "few values":  # bf16-like task vectors: big groups of equal magnitudes
+        deltas = [torch.randint(-5, 6, (n,), generator=g) * 0.25 for _ in range(3)]
+    else:
+        deltas = [torch.randn(n, generator=g) for _ in range(3)]
+    models = [(base.float() + d).to(torch.bfloat16) for d in deltas]
+    view = SlicedTensor("w", [base] + models, has_base=True)
+    ks = [n // 5, None, n // 3]
+    cuts = view.top_k_cuts(ks)
+    assert cuts[1] is None
+    for i in (0, 2):
+        flat = models[i].float() - base.float()
+        mask = torch.cat([cuts[i].keep(flat[part], j) for j, part in enumerate(view.parts)])
+        assert torch.equal(mask, top_k_mask(flat, ks[i]))
+        bits = magnitude_bits(flat)
+        assert cuts[i].equal == [int((bits[p] == cuts[i].threshold).sum()) for p in view.parts]
