@@ -148,9 +148,9 @@ def _load(key: tuple) -> bool:
 class Combine:
     """What to do to one tensor's task vectors (or models): the method, as data.
 
-    Per expert: `weight`; `trim` (per slice, or one row for all) one of KEEP_ALL, HARDSHRINK (|x| > thr keeps x, else +0),
-    TOP_K_TIES (x times [|x| > thr, or |x| == thr for the slice's first `ties[slice]` such
-    entries]), AT_LEAST (x times [|x| >= thr]); `drop_below` >= 0 turns on DARE's random drop
+    Per expert: `weight`; `trim` (per slice, or one row for all slices) one of KEEP_ALL,
+    HARDSHRINK (|x| > thr keeps x, else +0), TOP_K_TIES (x times [|x| > thr, or |x| == thr for
+    the slice's first `ties[slice]` such entries]), AT_LEAST (x times [|x| >= thr]); `drop_below` >= 0 turns on DARE's random drop
     (keep where the entry's lane is below it, lanes from `drop_key`), then divide by `rescale`
     when it is > 0. Then `sign` election, `normalize` (linear: divide by `total`; with a sign
     rule: by the agreeing weights, floored as `divisor_floor` says), times `lam` and `scale`,
@@ -161,7 +161,7 @@ class Combine:
     weight: np.ndarray
     trim: np.ndarray  # [slices or 1, experts]
     thr: np.ndarray
-    ties: np.ndarray  # [slices, experts]: tied entries kept per slice (TOP_K_TIES)
+    ties: np.ndarray  # [slices or 1, experts], as `trim`: tied entries kept (TOP_K_TIES)
     drop_below: np.ndarray
     drop_key: np.ndarray
     rescale: np.ndarray
@@ -229,8 +229,8 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
     entry's index in the flat tensor (the random drop's counter), `slice_index` its index in
     the engine's slicing (TOP_K_TIES's ties). Returns False when an input or the result holds
     NaN or Inf."""
-    ties = plan.ties[slice_index if plan.ties.shape[0] > 1 else 0]
-    trim = plan.trim[slice_index if plan.trim.shape[0] > 1 else 0]
+    row = slice_index if plan.trim.shape[0] > 1 else 0  # `trim` and `ties` share their rows
+    ties, trim = plan.ties[row], plan.trim[row]
     bad = _code().merge(base if base is not None else experts[0], tuple(experts), out, offset,
                  plan.weight, trim, plan.thr, ties.copy(),
                  plan.drop_below, plan.drop_key, plan.rescale, plan.sign, plan.normalize,

@@ -73,7 +73,7 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | No
 
 Magnitudes = Callable[[slice], torch.Tensor]  # a slice of a flat tensor -> its magnitude bits
 # (part, low, high) -> (how many magnitude bits in part are > high, those in [low, high])
-BandScan = Callable[[slice, int, int], "tuple[int, torch.Tensor | np.ndarray]"]
+BandScan = Callable[[slice, int, int], "tuple[int, torch.Tensor]"]
 # (part, lows, highs) -> BandScan's answer for every task vector of a tensor, in one pass
 BandScanAll = Callable[[slice, list[int], list[int]], "list[tuple[int, np.ndarray]]"]
 
@@ -183,8 +183,9 @@ class TopKCut:
     fly from the inputs.
 
     Finding a cut takes a strided sample that brackets the threshold, one pass that counts the
-    entries above the bracket and gathers those inside it (about 1% of them), and an exact
-    selection among those; radix selection when the bracket misses.
+    entries above the bracket and gathers those inside it (a few percent of them), and an exact
+    histogram or selection among those (`resolve_band`); radix selection when the bracket
+    misses.
 
     Example:
         >>> flat = torch.tensor([0.5, -2.0, 0.5, 1.0])
@@ -200,26 +201,27 @@ class TopKCut:
 
     @classmethod
     def find(cls, bits_of: Magnitudes, n: int, k: int, parts: list[slice] | None = None,
-             device: torch.device | str = "cpu", scan: BandScan | None = None) -> "TopKCut":
-        """The cut; `scan` (see `band_of`) may do the bracket pass faster than `bits_of`."""
+             device: torch.device | str = "cpu") -> "TopKCut":
+        """The cut, with the bracket pass in torch operations (see `band_of`)."""
         parts = parts or [slice(0, n)]
         if n <= SMALL:  # a plain selection beats histograms and sampling here
             bits = bits_of(slice(0, n))
             threshold, = kth_smallest(bits, [bits.numel() - k + 1])
             return cls(threshold, [k - int(torch.count_nonzero(bits > threshold))],
                        [int(torch.count_nonzero(bits == threshold))])
-        low, high = bracket(bits_of(sample_part(n)), n, k)
-        scan = scan or band_of(bits_of)
-        scanned = [scan(part, low, high) for part in parts]
-        found = resolve_band(sum(a for a, _ in scanned), [b for _, b in scanned], k, low, high)
-        return cls(*(found or _radix_threshold(bits_of, k, parts, torch.device(device))))
+        scan = band_of(bits_of)
+        return cls.find_each([bits_of], n, [k], parts,
+                             lambda part, lows, highs: [scan(part, lows[0], highs[0])],
+                             device=device)[0]
 
     @classmethod
     def find_each(cls, bits_of: list[Magnitudes], n: int, ks: list[int], parts: list[slice],
-                  scan_all: BandScanAll, run: Callable = map) -> "list[TopKCut]":
+                  scan_all: BandScanAll, run: Callable = map,
+                  device: torch.device | str = "cpu") -> "list[TopKCut]":
         """`find` for the task vectors of one tensor (model i: `bits_of[i]`, `ks[i]`) at once:
-        `scan_all` does every bracket pass in one pass per part, which reads the base once
-        for all of them. `run(fn, items)` maps over parts and models (a thread pool's map)."""
+        `scan_all` does every bracket pass in one pass per part (the fused kernel reads the
+        base once for all of them). `run(fn, items)` maps over parts and models (a thread
+        pool's map)."""
         if n <= SMALL:
             return [cls.find(b, n, k, parts) for b, k in zip(bits_of, ks)]
         brackets = list(run(lambda i: bracket(bits_of[i](sample_part(n)), n, ks[i]),
@@ -231,7 +233,7 @@ class TopKCut:
             found = resolve_band(sum(s[i][0] for s in scanned), [s[i][1] for s in scanned],
                                  ks[i], lows[i], highs[i])
             return cls(*(found or _radix_threshold(bits_of[i], ks[i], parts,
-                                                    torch.device("cpu"))))
+                                                    torch.device(device))))
         return list(run(cut, range(len(ks))))
 
     def keep(self, piece: torch.Tensor, j: int) -> torch.Tensor:
