@@ -1,320 +1,450 @@
-"""The numba code behind `mergezoo.merge.kernels` (import that module, not this one).
+"""The fused kernels as LLVM IR text, which `mergezoo.merge.jit` compiles (use `kernels`).
 
-Written for the loop vectorizer: each loop runs over one block of a slice with no branches
-that depend on the data (a kept-or-dropped value is a product with a 0/1 factor: LLVM may
-compile `x if cond else 0` to a real branch), reads the inputs in their own dtype and
-converts each value in registers (`_load`), so the inputs are streamed once per pass and the
-block's float32 state (votes, sums, trimmed task vectors) stays in L1/L2. Fused multiply-adds
-appear exactly where torch's `add_(x, alpha=w)` uses them, so results match the eager
-functions bit for bit.
+Each kernel is generated for one specialization: the number of experts (their loop is
+unrolled, so the per-expert values of an entry stay in registers), the input and output
+dtypes, and the steps a merge takes (trim, random drop, sign rule, normalization), so the
+code holds no branch on settings. The loop over entries runs 16 at a time in vector
+registers (lanes of <16 x float>; LLVM splits them where the CPU's registers are narrower),
+then one at a time for the rest; both loops are generated from the same body. A kept or
+dropped value is a product with a 0/1 factor, and a choice is a `select`: no branch depends
+on the data.
+
+They compute exactly what the eager functions (`ops`) compute, operation for operation in
+float32, with a fused multiply-add exactly where torch's `add_(x, alpha=w)` uses one, so a
+merge gives the same bytes with or without them; tests hold the two paths equal.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic, overload
+import struct
+from dataclasses import dataclass
+from typing import Callable
 
-from mergezoo.merge.kernels import (AT_LEAST, HARDSHRINK, NO_SIGN, SIGN_SUM, TOP_K_TIES)
 from mergezoo.merge.ops import GOLDEN
 
-BLOCK = 2048  # entries per block: N task-vector blocks of 8 KB stay in L2
-EXPONENT = 0x7F800000
-
-_jit = njit(nogil=True, cache=True, error_model="numpy")
-
-
-@intrinsic
-def _f32(typingctx, bits):
-    """The float32 whose bit pattern is the uint32 `bits`."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.uint32), codegen
+W = 16  # lanes per vector step
+EXPONENT = 0x7F800000  # float32 magnitude bits from which a value is Inf or NaN
+BF16_LIMIT = 0x7F7F8000  # float32 magnitude bits that round to bf16 Inf
+NO_SIGN, SIGN_SUM, SIGN_COUNT = 0, 1, 2
 
 
-@intrinsic
-def _bits(typingctx, value):
-    """The bit pattern (uint32) of the float32 `value`."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.uint32(types.float32), codegen
+def _vec(w: int, elem: str) -> str:
+    return elem if w == 1 else f"<{w} x {elem}>"
 
 
-@njit(fastmath={"contract"}, cache=True)
-def _fma(a, b, c):
-    # a * b + c with one rounding, as torch's add_(b, alpha=a) computes on CPU.
-    return a * b + c
+def _suffix(w: int, elem: str) -> str:
+    short = {"float": "f32", "i1": "i1", "i16": "i16", "i32": "i32"}[elem]
+    return short if w == 1 else f"v{w}{short}"
 
 
-def _load(src, k):
-    """src[k] as float32; src holds float32, or bf16 bit patterns as uint16."""
+def _f(x: float) -> str:
+    """A float32 constant as LLVM writes it: the hex of the (exact) double."""
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", x))[0]
 
 
-def _store(out, k, value):
-    """out[k] = value in out's dtype (bf16: round to nearest even, as torch casts)."""
+class _Emitter:
+    """Straight-line SSA code with fresh names, and the intrinsics it calls."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.decls: set[str] = set()
+        self.count = 0
+
+    def __call__(self, text: str) -> str:
+        name = f"%v{self.count}"
+        self.count += 1
+        self.lines.append(f"  {name} = {text}")
+        return name
+
+    def const(self, w: int, elem: str, text: str) -> str:
+        return text if w == 1 else "<" + ", ".join([f"{elem} {text}"] * w) + ">"
+
+    def lanes(self, w: int, elem: str) -> str:
+        """<0, 1, ..., w-1>."""
+        return "0" if w == 1 else "<" + ", ".join(f"{elem} {i}" for i in range(w)) + ">"
+
+    def splat(self, w: int, elem: str, scalar: str) -> str:
+        if w == 1:
+            return scalar
+        one = self(f"insertelement <{w} x {elem}> poison, {elem} {scalar}, i64 0")
+        return self(f"shufflevector <{w} x {elem}> {one}, <{w} x {elem}> poison, "
+                    f"<{w} x i32> zeroinitializer")
+
+    def call(self, ret: str, name: str, args: list[tuple[str, str]]) -> str:
+        self.decls.add(f"declare {ret} @{name}({', '.join(t for t, _ in args)})")
+        text = f"call {ret} @{name}({', '.join(f'{t} {v}' for t, v in args)})"
+        if ret == "void":
+            self.lines.append(f"  {text}")
+            return ""
+        return self(text)
+
+    def param(self, array: str, elem: str, index: int) -> str:
+        p = self(f"getelementptr {elem}, ptr {array}, i64 {index}")
+        return self(f"load {elem}, ptr {p}, align {4 if elem == 'float' else 8}")
+
+    def load(self, w: int, bf16: bool, ptr: str, idx: str) -> str:
+        """w inputs from entry idx on, as float32."""
+        elem = "i16" if bf16 else "float"
+        p = self(f"getelementptr {elem}, ptr {ptr}, i64 {idx}")
+        v = self(f"load {_vec(w, elem)}, ptr {p}, align {2 if bf16 else 4}")
+        if not bf16:
+            return v
+        wide = self(f"zext {_vec(w, 'i16')} {v} to {_vec(w, 'i32')}")
+        shifted = self(f"shl {_vec(w, 'i32')} {wide}, {self.const(w, 'i32', '16')}")
+        return self(f"bitcast {_vec(w, 'i32')} {shifted} to {_vec(w, 'float')}")
+
+    def magnitude(self, w: int, x: str) -> str:
+        """|x| as float32 bits (int32): ordered like the magnitudes, NaN above Inf."""
+        bits = self(f"bitcast {_vec(w, 'float')} {x} to {_vec(w, 'i32')}")
+        return self(f"and {_vec(w, 'i32')} {bits}, {self.const(w, 'i32', '2147483647')}")
+
+    def fma(self, w: int, a: str, b: str, c: str) -> str:
+        t = _vec(w, "float")
+        return self.call(t, f"llvm.fma.{_suffix(w, 'float')}", [(t, a), (t, b), (t, c)])
+
+    def as_float(self, w: int, flag: str) -> str:
+        return self(f"uitofp {_vec(w, 'i1')} {flag} to {_vec(w, 'float')}")
 
 
-def _store_limit(out):
-    """The smallest float32 magnitude bits that `_store` makes NaN or Inf in out's dtype."""
+@dataclass(frozen=True)
+class _Acc:
+    """A loop-carried value: its type and start in the vector loop and in the scalar loop
+    (which starts from the vector loop's result, reduced by `reduce`)."""
+
+    vtype: str
+    vinit: str
+    stype: str
+    reduce: Callable[[_Emitter, str], str] | None = None
 
 
-@overload(_load, inline="always")
-def _load_impl(src, k):
-    if src.dtype == types.uint16:
-        return lambda src, k: _f32(np.uint32(src[k]) << np.uint32(16))
-    return lambda src, k: np.float32(src[k])
+def _function(name: str, ret: str, args: list[str], entry: Callable[[_Emitter], dict],
+              accs: dict[str, _Acc], inits: Callable[[_Emitter], dict[str, str]],
+              body: Callable[[_Emitter, int, str, dict, dict], dict],
+              exit_: Callable[[_Emitter, dict, dict], str]) -> str:
+    """A kernel over entries 0..n-1 (`%n`): `entry` loads the settings, `body(e, w, idx,
+    settings, accs)` handles entries idx..idx+w-1 and returns the new accumulators, `exit_`
+    returns the value to return."""
+    e = _Emitter()
+    e.lines.append("entry:")
+    settings = {1: entry(e)}
+    settings[W] = {k: (e.splat(W, t, v) if t else v) for k, (t, v) in settings[1].items()}
+    settings[1] = {k: v for k, (t, v) in settings[1].items()}
+    start = inits(e)
+    e.lines += ["  %vend = and i64 %n, -16", "  %any_v = icmp ugt i64 %vend, 0",
+                "  br i1 %any_v, label %vloop, label %vdone", "vloop:",
+                "  %vi = phi i64 [ 0, %entry ], [ %vi.next, %vloop ]"]
+    phis = len(e.lines)
+    cur = {k: f"%{k}.v" for k in accs}
+    new = body(e, W, "%vi", settings[W], cur)
+    e.lines[phis:phis] = [f"  %{k}.v = phi {a.vtype} [ {a.vinit}, %entry ], "
+                          f"[ {new[k]}, %vloop ]" for k, a in accs.items()]
+    e.lines += ["  %vi.next = add i64 %vi, 16", "  %more_v = icmp ult i64 %vi.next, %vend",
+                "  br i1 %more_v, label %vloop, label %vdone", "vdone:"]
+    e.lines += [f"  %{k}.vd = phi {a.vtype} [ {a.vinit}, %entry ], [ {new[k]}, %vloop ]"
+                for k, a in accs.items()]
+    reduced = {k: (a.reduce(e, f"%{k}.vd") if a.reduce else f"%{k}.vd")
+               for k, a in accs.items()}
+    e.lines += ["  br label %vexit", "vexit:", "  %any_t = icmp ult i64 %vend, %n",
+                "  br i1 %any_t, label %tloop, label %done", "tloop:",
+                "  %ti = phi i64 [ %vend, %vexit ], [ %ti.next, %tloop ]"]
+    phis = len(e.lines)
+    cur = {k: f"%{k}.t" for k in accs}
+    tail = body(e, 1, "%ti", settings[1], cur)
+    e.lines[phis:phis] = [f"  %{k}.t = phi {a.stype} [ {reduced[k]}, %vexit ], "
+                          f"[ {tail[k]}, %tloop ]" for k, a in accs.items()]
+    e.lines += ["  %ti.next = add i64 %ti, 1", "  %more_t = icmp ult i64 %ti.next, %n",
+                "  br i1 %more_t, label %tloop, label %done", "done:"]
+    final = {}
+    for k, a in accs.items():
+        final[k] = f"%{k}.f"
+        e.lines.append(f"  %{k}.f = phi {a.stype} [ {reduced[k]}, %vexit ], "
+                       f"[ {tail[k]}, %tloop ]")
+    result = exit_(e, final, start)
+    e.lines.append(f"  ret {ret} {result}" if ret != "void" else "  ret void")
+    head = f"define {ret} @{name}({', '.join(args)}) {{"
+    return "\n".join(sorted(e.decls) + ["", head] + e.lines + ["}", ""])
 
 
-@overload(_store, inline="always")
-def _store_impl(out, k, value):
-    if out.dtype == types.uint16:
-        def to_bf16(out, k, value):
-            u = _bits(value)
-            rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) \
-                >> np.uint32(16)
-            # NaN would need a select that slows the loop; a NaN result fails the merge anyway.
-            out[k] = np.uint16(rounded)
-        return to_bf16
-
-    def to_f32(out, k, value):
-        out[k] = value
-    return to_f32
+def _or_reduce(e: _Emitter, v: str) -> str:
+    return e.call("i1", f"llvm.vector.reduce.or.v{W}i1", [(f"<{W} x i1>", v)])
 
 
-@overload(_store_limit, inline="always")
-def _store_limit_impl(out):
-    if out.dtype == types.uint16:
-        return lambda out: np.uint32(0x7F7F8000)  # rounds up to bf16 Inf
-    return lambda out: np.uint32(EXPONENT)
+def _add_reduce(e: _Emitter, v: str) -> str:
+    return e.call("i32", f"llvm.vector.reduce.add.v{W}i32", [(f"<{W} x i32>", v)])
 
 
-@njit(inline="always")
-def _flag(value, limit):
-    """Bit 31 set when |value| >= limit as float32 bits (limit EXPONENT: NaN or Inf).
-    OR-ed into a per-entry array, not a scalar: the loop vectorizer handles that well."""
-    return (_bits(value) & np.uint32(0x7FFFFFFF)) + (np.uint32(0x80000000) - limit)
+@dataclass(frozen=True)
+class MergeSpec:
+    """What a merge kernel does (see `kernels.Combine`): `trim` by a magnitude threshold per
+    expert (`ties`: and the tied entries before a position), `drop` (DARE's random drop,
+    `rescale` after it), the `sign` rule, `normalize` (linear: divide by the total weight; with
+    a sign rule: by the agreeing weights, `floor`-clamped or not), `add_base`."""
+
+    n_models: int
+    bf16_in: bool
+    bf16_out: bool
+    add_base: bool
+    trim: bool
+    ties: bool
+    drop: bool
+    rescale: bool
+    sign: int
+    normalize: bool
+    floor: bool
+
+    @property
+    def name(self) -> str:
+        flags = "".join(c for c, on in zip("atTdrnf", (
+            self.add_base, self.trim, self.ties, self.drop, self.rescale, self.normalize,
+            self.floor)) if on)
+        return (f"mz_merge{self.n_models}_{'b' if self.bf16_in else 'f'}"
+                f"{'b' if self.bf16_out else 'f'}_s{self.sign}_{flags}")
 
 
-@njit(inline="always")
-def _lane(key, index):
-    """The random drop's 16-bit lane of entry `index` (Wellons' lowbias32, as `ops.keep_lanes`)."""
-    x = np.uint32((np.uint64(key) + np.uint64(index) * np.uint64(GOLDEN)) & np.uint64(0xFFFFFFFF))
-    x ^= x >> np.uint32(16)
-    x = np.uint32((np.uint64(x) * np.uint64(0x7FEB352D)) & np.uint64(0xFFFFFFFF))
-    x ^= x >> np.uint32(15)
-    x = np.uint32((np.uint64(x) * np.uint64(0x846CA68B)) & np.uint64(0xFFFFFFFF))
-    x ^= x >> np.uint32(16)
-    return np.int64(x >> np.uint32(16))
+# The float settings of a merge kernel, then per expert; the integer ones per expert.
+GLOBAL_FLOATS = ("lam", "scale", "total", "floor")
+EXPERT_FLOATS = ("weight", "abs_weight", "flip", "count", "zero", "rescale")
+EXPERT_INTS = ("keep_above", "tie_end", "drop_below", "drop_key")
 
 
-@_jit
-def merge(base, experts, out, offset, weight, trim, thr, ties, drop_below, drop_key, rescale,
-          sign, normalize, total, floor, lam, scale, add_base):
-    """One slice of `kernels.Combine` (see there for the parameters). Returns 1 when an input
-    or the result holds NaN or Inf, else 0."""
-    n = out.shape[0]
-    n_models = len(experts)
-    b = np.zeros(BLOCK, np.float32)
-    d = np.empty((n_models, BLOCK), np.float32)
-    votes = np.empty(BLOCK, np.float32)
-    mixed = np.empty(BLOCK, np.float32)
-    div = np.empty(BLOCK, np.float32)
-    flags = np.zeros(BLOCK, np.uint32)
-    finite = np.uint32(EXPONENT)
-    limit = _store_limit(out)
-    for s in range(0, n, BLOCK):
-        m = min(BLOCK, n - s)
-        # Index block slices from 0: an index like s + j could be negative to numba, whose
-        # wraparound check then keeps the loop from being vectorized.
-        if add_base:
-            base_block = base[s:s + m]
-            for j in range(m):
-                v = _load(base_block, j)
-                b[j] = v
-                flags[j] |= _flag(v, finite)
-        i = 0
-        for src in experts:
-            di = d[i]
-            block = src[s:s + m]
-            for j in range(m):
-                x = _load(block, j)
-                flags[j] |= _flag(x, finite)
-                di[j] = x - b[j] if add_base else x
-            _sparsify(di, m, i, offset + s, trim, thr, ties, drop_below, drop_key, rescale,
-                      block, b, add_base)
-            i += 1
-        if sign == NO_SIGN:
-            w0 = weight[0]
-            for j in range(m):
-                mixed[j] = d[0, j] * w0
-            for i in range(1, n_models):
-                w = weight[i]
-                di = d[i]
-                for j in range(m):
-                    mixed[j] = _fma(w, di[j], mixed[j])
-            for j in range(m):
-                mixed[j] = mixed[j] / total
+def merge_ir(spec: MergeSpec) -> str:
+    """i32 merge(out, base, expert_0 .. expert_{n-1}, floats, ints, n, offset): 1 when an
+    input or the result holds NaN or Inf (or a sum overflowed: the caller checks again)."""
+    nm = spec.n_models
+    args = ["ptr noalias %out", "ptr noalias %base"] + [f"ptr noalias %e{i}" for i in range(nm)]
+    args += ["ptr noalias %fp", "ptr noalias %ip", "i64 %n", "i64 %offset"]
+
+    def entry(e: _Emitter) -> dict:
+        s = {}
+        for k, name in enumerate(GLOBAL_FLOATS):
+            s[name] = ("float", e.param("%fp", "float", k))
+        for i in range(nm):
+            for k, name in enumerate(EXPERT_FLOATS):
+                s[f"{name}{i}"] = ("float", e.param("%fp", "float",
+                                                    len(GLOBAL_FLOATS) + 6 * i + k))
+            for k, name in enumerate(EXPERT_INTS):
+                v = e.param("%ip", "i64", 4 * i + k)
+                s[f"{name}{i}"] = ("i64", v) if name == "tie_end" else \
+                    ("i32", e(f"trunc i64 {v} to i32"))
+        return s
+
+    def body(e: _Emitter, w: int, idx: str, s: dict, acc: dict) -> dict:
+        F, I, B = _vec(w, "float"), _vec(w, "i32"), _vec(w, "i1")
+        b = e.load(w, spec.bf16_in, "%base", idx) if spec.add_base else None
+        if spec.ties:
+            position = e(f"add {_vec(w, 'i64')} {e.splat(w, 'i64', idx)}, {e.lanes(w, 'i64')}")
+        if spec.drop:
+            first = e(f"add i64 %offset, {idx}")
+            first = e(f"trunc i64 {first} to i32")
+            counter = e(f"add {I} {e.splat(w, 'i32', first)}, {e.lanes(w, 'i32')}")
+        ys = []
+        for i in range(nm):
+            y = e.load(w, spec.bf16_in, f"%e{i}", idx)
+            if spec.add_base:
+                y = e(f"fsub {F} {y}, {b}")
+            if spec.trim:
+                m, cut = e.magnitude(w, y), s[f"keep_above{i}"]
+                keep = e(f"icmp sgt {I} {m}, {cut}")
+                if spec.ties:  # the tied entries before the slice's tie_end are kept too
+                    tied = e(f"icmp eq {I} {m}, {cut}")
+                    early = e(f"icmp slt {_vec(w, 'i64')} {position}, {s[f'tie_end{i}']}")
+                    keep = e(f"or {B} {keep}, {e(f'and {B} {tied}, {early}')}")
+                y = e(f"fmul {F} {y}, {e.as_float(w, keep)}")
+                y = e(f"fadd {F} {y}, {s[f'zero{i}']}")  # +0 (hardshrink: -0 becomes +0), or -0
+            if spec.drop:
+                lane = _lane(e, w, counter, s[f"drop_key{i}"])
+                kept = e(f"icmp ult {I} {lane}, {s[f'drop_below{i}']}")
+                y = e(f"fmul {F} {y}, {e.as_float(w, kept)}")
+                if spec.rescale:
+                    y = e(f"fdiv {F} {y}, {s[f'rescale{i}']}")
+            ys.append(y)
+        checks = []
+        if spec.sign == NO_SIGN:
+            v = e(f"fmul {F} {ys[0]}, {s['weight0']}")
+            for i in range(1, nm):
+                v = e.fma(w, s[f"weight{i}"], ys[i], v)
+            if spec.normalize:
+                v = e(f"fdiv {F} {v}, {s['total']}")
         else:
-            _disjoint(d, m, weight, sign, normalize, floor, votes, mixed, div)
-        for j in range(m):
-            v = mixed[j] * lam
-            if add_base:
-                v = v * scale + b[j]
-            mixed[j] = v
-            flags[j] |= _flag(v, limit)
-        out_block = out[s:s + m]
-        for j in range(m):
-            _store(out_block, j, mixed[j])
-    bad = np.uint32(0)
-    for j in range(BLOCK):
-        bad |= flags[j]
-    return bad >> np.uint32(31)
+            v = _disjoint(e, w, spec, s, ys, checks)
+        v = e(f"fmul {F} {v}, {s['lam']}")
+        if spec.add_base:
+            v = e(f"fmul {F} {v}, {s['scale']}")
+            v = e(f"fadd {F} {v}, {b}")
+        limit = e.const(w, "i32", str(BF16_LIMIT if spec.bf16_out else EXPONENT))
+        bad = e(f"icmp uge {I} {e.magnitude(w, v)}, {limit}")
+        for c in checks:
+            bad = e(f"or {B} {bad}, {c}")
+        bad = e(f"or {B} {acc['bad']}, {bad}")
+        _store(e, w, spec.bf16_out, v, idx)
+        return {"bad": bad}
+
+    accs = {"bad": _Acc(f"<{W} x i1>", "zeroinitializer", "i1", _or_reduce)}
+    return _function(spec.name, "i32", args, entry, accs, lambda e: {}, body,
+                     lambda e, final, start: e(f"zext i1 {final['bad']} to i32"))
 
 
-@njit(inline="always")
-def _sparsify(di, m, i, first, trim, thr, ties, drop_below, drop_key, rescale, block, b,
-              add_base):
-    """Trim, then randomly drop, task vector `i`'s block `di` (entries first..first+m)."""
-    rule = trim[i]
-    t = thr[i]
-    if rule == HARDSHRINK:
-        _keep_above(di, m, t)
-    elif rule == TOP_K_TIES or rule == AT_LEAST:
-        at_least = rule == AT_LEAST
-        for j in range(m):
-            x = di[j]
-            keep = abs(x) >= t if at_least else abs(x) > t
-            di[j] = x * np.float32(1 if keep else 0)
-        if rule == TOP_K_TIES and ties[i] > 0:  # the slice's first entries equal to the cut
-            for j in range(m):
-                if ties[i] == 0:
-                    break
-                x = _load(block, j) - b[j] if add_base else _load(block, j)
-                if abs(x) == t:
-                    di[j] = x
-                    ties[i] -= 1
-    if drop_below[i] >= 0:
-        key = drop_key[i]
-        below = drop_below[i]
-        for j in range(m):
-            di[j] = di[j] * np.float32(1 if _lane(key, first + j) < below else 0)
-        if rescale[i] > 0:
-            r = rescale[i]
-            for j in range(m):
-                di[j] = di[j] / r
+def _lane(e: _Emitter, w: int, counter: str, key: str) -> str:
+    """DARE's 16-bit lane of each entry (`ops.keep_lanes`): Wellons' lowbias32 of
+    entry * GOLDEN + key, all mod 2**32."""
+    I = _vec(w, "i32")
+
+    def c(value: int) -> str:
+        return e.const(w, "i32", str(value if value < 2**31 else value - 2**32))
+
+    x = e(f"mul {I} {counter}, {c(GOLDEN)}")
+    x = e(f"add {I} {x}, {key}")
+    x = e(f"xor {I} {x}, {e(f'lshr {I} {x}, {c(16)}')}")
+    x = e(f"mul {I} {x}, {c(0x7FEB352D)}")
+    x = e(f"xor {I} {x}, {e(f'lshr {I} {x}, {c(15)}')}")
+    x = e(f"mul {I} {x}, {c(0x846CA68B)}")
+    x = e(f"xor {I} {x}, {e(f'lshr {I} {x}, {c(16)}')}")
+    return e(f"lshr {I} {x}, {c(16)}")
 
 
-@njit(inline="always")
-def _keep_above(di, m, t):
-    """Hardshrink: x where |x| > t, else +0. A product, not a select: LLVM compiled the select
-    to a branch that random data mispredicts (4x slower)."""
-    for j in range(m):
-        x = di[j]
-        di[j] = x * np.float32(1 if abs(x) > t else 0) + np.float32(0)  # + 0: -0 becomes +0
+def _disjoint(e: _Emitter, w: int, spec: MergeSpec, s: dict, ys: list[str],
+              checks: list[str]) -> str:
+    """`ops.combine` with a sign rule: elect a sign per entry, then the (weighted) mean of
+    the entries that agree with it. Appends to `checks` what flags a non-finite input."""
+    F, B = _vec(w, "float"), _vec(w, "i1")
+    zero, one = e.const(w, "float", _f(0.0)), e.const(w, "float", _f(1.0))
+    minus = e.const(w, "float", _f(-1.0))
 
+    def select(cond: str, a: str, b: str) -> str:
+        return e(f"select {B} {cond}, {F} {a}, {F} {b}")
 
-@njit(inline="always")
-def _disjoint(d, m, weight, sign, normalize, floor, votes, mixed, div):
-    """ops.combine with a sign rule: elect, then the (weighted) mean of the agreeing entries.
-    (NaN needs no care: an input with NaN or Inf fails the merge anyway.)"""
-    n_models = d.shape[0]
-    votes[:m] = 0
-    for i in range(n_models):
-        w = weight[i]
-        di = d[i]
-        if sign == SIGN_SUM:
-            for j in range(m):
-                votes[j] = _fma(w, di[j], votes[j])
+    def fcmp(pred: str, a: str, b: str) -> str:
+        return e(f"fcmp {pred} {F} {a}, {b}")
+
+    def mul(a: str, b: str) -> str:
+        return e(f"fmul {F} {a}, {b}")
+
+    votes = zero
+    if spec.sign == SIGN_SUM:
+        for i, y in enumerate(ys):
+            votes = e.fma(w, s[f"weight{i}"], y, votes)
+        # NaN or Inf in any task vector reaches the votes (a zero weight too: 0 * Inf is NaN).
+        big = e.const(w, "i32", str(EXPONENT))
+        checks.append(e(f"icmp uge {_vec(w, 'i32')} {e.magnitude(w, votes)}, {big}"))
+    else:
+        probe = zero
+        for i, y in enumerate(ys):
+            sign = select(fcmp("ogt", y, zero), one, select(fcmp("olt", y, zero), minus, zero))
+            votes = e(f"fadd {F} {votes}, {mul(sign, s[f'flip{i}'])}")
+            probe = e(f"fadd {F} {probe}, {mul(y, zero)}")  # NaN where y is not finite
+        checks.append(fcmp("uno", probe, zero))
+    # The elected sign: copysign(1, votes); the votes start at +0 and are never -0.
+    elected = select(fcmp("olt", votes, zero), minus, one)
+    mixed, div = zero, zero
+    for i, y in enumerate(ys):
+        a = mul(mul(y, elected), s[f"flip{i}"])
+        agrees = e.as_float(w, fcmp("ogt", a, zero))
+        # a * agrees is a, or a zero that adds nothing: no select. A zero weight adds +-0.
+        mixed = e.fma(w, s[f"abs_weight{i}"], mul(a, agrees), mixed)
+        if spec.normalize:
+            div = e.fma(w, s[f"count{i}"], agrees, div)
+    v = mul(mixed, elected)
+    if spec.normalize:
+        if spec.floor:
+            q = select(fcmp("oge", div, s["floor"]), div, s["floor"])
         else:
-            s = np.float32(-1 if w < 0 else 1)
-            for j in range(m):
-                x = di[j]
-                votes[j] = votes[j] + np.float32(1 if x > 0 else (-1 if x < 0 else 0)) * s
-    # The elected sign, copysign(1, votes): votes start at +0 and are never -0.
-    for j in range(m):
-        votes[j] = np.float32(-1 if votes[j] < 0 else 1)
-    mixed[:m] = 0
-    div[:m] = 0
-    for i in range(n_models):
-        w = weight[i]
-        if w == 0:
-            continue
-        aw = abs(w)
-        flip = np.float32(-1 if w < 0 else 1)
-        count = w if normalize else np.float32(0)  # (a zero weight adds nothing to div)
-        di = d[i]
-        for j in range(m):
-            a = di[j] * votes[j] * flip
-            agrees = np.float32(1 if a > 0 else 0)
-            # a * agrees is a, or a zero that adds nothing (inputs are finite): no select,
-            # which LLVM would make a mispredicted branch.
-            mixed[j] = _fma(aw, a * agrees, mixed[j])
-            div[j] = _fma(count, agrees, div[j])
-    for j in range(m):
-        v = mixed[j] * votes[j]
-        if normalize:
-            q = div[j]
-            if floor > 0:
-                q = q if q >= floor else floor
+            q = select(fcmp("une", div, zero), div, one)
+        v = e(f"fdiv {F} {v}, {q}")
+    return v
+
+
+def _store(e: _Emitter, w: int, bf16: bool, v: str, idx: str) -> None:
+    """out[idx:idx+w] = v in the output's dtype (bf16: round to nearest even, as torch
+    casts; a NaN would need a select that slows the loop, and fails the merge anyway)."""
+    elem = "i16" if bf16 else "float"
+    if bf16:
+        I = _vec(w, "i32")
+
+        def c(value: int) -> str:
+            return e.const(w, "i32", str(value))
+        u = e(f"bitcast {_vec(w, 'float')} {v} to {I}")
+        odd = e(f"and {I} {e(f'lshr {I} {u}, {c(16)}')}, {c(1)}")
+        r = e(f"add {I} {e(f'add {I} {u}, {c(0x7FFF)}')}, {odd}")
+        v = e(f"trunc {I} {e(f'lshr {I} {r}, {c(16)}')} to {_vec(w, 'i16')}")
+    p = e(f"getelementptr {elem}, ptr %out, i64 {idx}")
+    e.lines.append(f"  store {_vec(w, elem)} {v}, ptr {p}, align {2 if bf16 else 4}")
+
+
+def band_scan_ir(n_models: int, bf16: bool) -> str:
+    """void band_scan(base, expert_0 .. expert_{n-1}, lows, highs, bands, stride, out, n):
+    for each task vector expert_i - base, as magnitude bits, out[i] = how many are above
+    highs[i], out[n_models + i] = how many are within [lows[i], highs[i]], and those, in
+    order, at bands + i * stride (int32; up to 16 slots past the count are written). One
+    pass reads the base once for every expert; the vector loop gathers with a compress-store."""
+    args = ["ptr noalias %base"] + [f"ptr noalias %e{i}" for i in range(n_models)]
+    args += ["ptr noalias %lo", "ptr noalias %hi", "ptr noalias %bands", "i64 %stride",
+             "ptr noalias %out", "i64 %n"]
+    name = f"mz_band_scan{n_models}_{'b' if bf16 else 'f'}"
+
+    def entry(e: _Emitter) -> dict:
+        s = {}
+        for i in range(n_models):
+            low = e(f"trunc i64 {e.param('%lo', 'i64', i)} to i32")
+            high = e(f"trunc i64 {e.param('%hi', 'i64', i)} to i32")
+            s[f"low{i}"], s[f"high{i}"] = ("i32", low), ("i32", high)
+            s[f"width{i}"] = ("i32", e(f"sub i32 {high}, {low}"))
+            row = e(f"mul i64 %stride, {i}")
+            s[f"band{i}"] = ("", e(f"getelementptr i32, ptr %bands, i64 {row}"))
+        return s
+
+    def body(e: _Emitter, w: int, idx: str, s: dict, acc: dict) -> dict:
+        F, I, B = _vec(w, "float"), _vec(w, "i32"), _vec(w, "i1")
+        b = e.load(w, bf16, "%base", idx)
+        new = {}
+        for i in range(n_models):
+            m = e.magnitude(w, e(f"fsub {F} {e.load(w, bf16, f'%e{i}', idx)}, {b}"))
+            high, low, width = s[f"high{i}"], s[f"low{i}"], s[f"width{i}"]
+            count = acc[f"count{i}"]
+            above = e(f"zext {B} {e(f'icmp sgt {I} {m}, {high}')} to {I}")
+            new[f"above{i}"] = e(f"add {I} {acc[f'above{i}']}, {above}")
+            inside = e(f"icmp ule {I} {e(f'sub {I} {m}, {low}')}, {width}")
+            slot = e(f"getelementptr i32, ptr {s[f'band{i}']}, i64 {count}")
+            if w == 1:  # store always, count only the entries inside: no branch
+                e.lines.append(f"  store i32 {m}, ptr {slot}, align 4")
+                found = e(f"zext i1 {inside} to i64")
             else:
-                q = q if q != 0 else np.float32(1)
-            v = v / q
-        mixed[j] = v
+                e.call("void", f"llvm.masked.compressstore.v{w}i32",
+                       [(I, m), ("ptr", slot), (B, inside)])
+                mask = e(f"bitcast {B} {inside} to i{w}")
+                found = e(f"zext i{w} {e.call(f'i{w}', f'llvm.ctpop.i{w}', [(f'i{w}', mask)])} "
+                          "to i64")
+            new[f"count{i}"] = e(f"add i64 {count}, {found}")
+        return new
+
+    accs = {}
+    for i in range(n_models):
+        accs[f"above{i}"] = _Acc(f"<{W} x i32>", "zeroinitializer", "i32", _add_reduce)
+        accs[f"count{i}"] = _Acc("i64", "0", "i64")
+
+    def exit_(e: _Emitter, final: dict, start: dict) -> str:
+        for i in range(n_models):
+            for k, value in ((i, e(f"zext i32 {final[f'above{i}']} to i64")),
+                             (n_models + i, final[f"count{i}"])):
+                slot = e(f"getelementptr i64, ptr %out, i64 {k}")
+                e.lines.append(f"  store i64 {value}, ptr {slot}, align 8")
+        return ""
+
+    return _function(name, "void", args, entry, accs, lambda e: {}, body, exit_)
 
 
-@_jit
-def band_scan(base, experts, low, high, bands, counts, above):
-    """For each task vector experts[i] - base, as magnitude bits: how many are > high[i]
-    (into above[i]), and those within [low[i], high[i]] written to bands[i] in order (their
-    number into counts[i]). One pass reads the base once for every expert. The gather, a
-    scalar loop, visits only the 8-entry words of an in-band flag array that hold any (a few
-    percent of the entries)."""
-    n = base.shape[0]
-    b = np.empty(BLOCK, np.float32)
-    bits = np.empty(BLOCK, np.int32)
-    inside = np.zeros(BLOCK, np.uint8)
-    words = inside.view(np.uint64)
-    counts[:] = 0
-    above[:] = 0
-    for s in range(0, n, BLOCK):
-        m = min(BLOCK, n - s)
-        b_block = base[s:s + m]
-        for j in range(m):
-            b[j] = _load(b_block, j)
-        i = 0
-        for expert in experts:
-            e_block = expert[s:s + m]
-            lo = np.int32(low[i])
-            hi = np.int32(high[i])
-            width = np.uint32(high[i] - low[i])
-            # Two loops: the count in the same loop as the stores kept both from vectorizing.
-            for j in range(m):
-                mag = np.int32(_bits(abs(_load(e_block, j) - b[j])))
-                bits[j] = mag
-                inside[j] = np.uint8(1) if np.uint32(mag - lo) <= width else np.uint8(0)
-            count_above = np.int32(0)
-            for j in range(m):
-                count_above += np.int32(1) if bits[j] > hi else np.int32(0)
-            above[i] += count_above
-            inside[m:] = 0
-            band = bands[i]
-            count = counts[i]
-            for w in range(BLOCK // 8):
-                if words[w] == 0:
-                    continue
-                for j in range(w * 8, w * 8 + 8):
-                    band[count] = bits[j]
-                    count += np.int64(inside[j])
-            counts[i] = count
-            i += 1
-
-
-@_jit
-def magnitude_sample(base, expert, start, stop, step, out):
-    """out[:] = magnitude bits of (expert - base)[start:stop:step]."""
-    k = 0
-    for j in range(start, stop, step):
-        out[k] = np.int32(_bits(abs(_load(expert, j) - _load(base, j))))
-        k += 1
-    return k
+def magnitudes_ir(bf16: bool) -> str:
+    """void magnitudes(base, expert, out, start, step, n): out[k] = magnitude bits of
+    expert[start + k * step] - base[start + k * step], k < n (a strided sample)."""
+    e = _Emitter()
+    e.lines += ["entry:", "  %any = icmp sgt i64 %n, 0", "  br i1 %any, label %loop, label %done",
+                "loop:", "  %k = phi i64 [ 0, %entry ], [ %k.next, %loop ]"]
+    idx = e(f"add i64 %start, {e('mul i64 %k, %step')}")
+    x = e(f"fsub float {e.load(1, bf16, '%expert', idx)}, {e.load(1, bf16, '%base', idx)}")
+    slot = e("getelementptr i32, ptr %out, i64 %k")
+    e.lines += [f"  store i32 {e.magnitude(1, x)}, ptr {slot}, align 4",
+                "  %k.next = add i64 %k, 1", "  %more = icmp slt i64 %k.next, %n",
+                "  br i1 %more, label %loop, label %done", "done:", "  ret void"]
+    name = f"mz_magnitudes_{'b' if bf16 else 'f'}"
+    head = (f"define void @{name}(ptr noalias %base, ptr noalias %expert, ptr noalias %out, "
+            "i64 %start, i64 %step, i64 %n) {")
+    return "\n".join(sorted(e.decls) + ["", head] + e.lines + ["}", ""])

@@ -1,20 +1,21 @@
-"""Fused CPU kernels for element-wise merges, compiled with numba.
+"""Fused CPU kernels for element-wise merges, compiled from LLVM IR.
 
 The eager path (`ops.combine` and friends) runs a method as a chain of torch operations, each
 one a pass over the slice: on a 2-core CPU, TIES over 8 experts costs about twenty passes per
 task vector. These kernels run the whole chain -- decode the inputs' bf16 or float32, task
 vector, trim or random drop, sign election, disjoint or weighted sum, LiNeS scale, base, finite
-check, encode the output -- in one pass over blocks that stay in the L1/L2 cache, and release
-the GIL, so the engine's compute threads run them side by side.
+check, encode the output -- in one pass, 16 entries at a time in vector registers, with every
+expert's values of those entries in registers too (`kernel_code` generates each kernel for its
+number of experts and the method's steps; `jit` compiles it once and caches the machine code).
+ctypes releases the GIL while they run, so the engine's compute threads run them side by side.
 
 They compute exactly what the eager functions compute, operation for operation in float32
 (fused multiply-adds where torch's `add_(x, alpha=w)` uses them), so a merge gives the same
 bytes with or without them; tests hold the two paths equal.
 
-numba compiles each kernel once per input types (about ten seconds) and caches the machine
-code on disk; loading numba and that code still takes about 1.3 s per process (measured on the
-2-core benchmark machine), which only a large enough merge wins back. `MERGEZOO_KERNELS` sets
-the policy: `auto` (the default) uses the kernels when a method's declared saving
+Loading llvmlite and the cached kernels takes a few tens of milliseconds per process (a kernel
+not yet in the cache compiles in a fraction of a second). `MERGEZOO_KERNELS` sets the
+policy: `auto` (the default) uses the kernels when a method's declared saving
 (`MergeMethod.fused_saves`, seconds per billion parameter-models) times the merge's size
 exceeds that load time; `fused` always uses them; `eager` never does.
 
@@ -30,16 +31,20 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import hashlib
 import logging
 import os
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from mergezoo.errors import ConfigurationError
+from mergezoo.merge import jit
 from mergezoo.merge.ops import CHUNK, check_sign_rule, divisor_floor, drop_threshold, linear_divisor
 
 logger = logging.getLogger(__name__)
@@ -51,13 +56,21 @@ NO_SIGN, SIGN_SUM, SIGN_COUNT = 0, 1, 2
 
 @functools.cache
 def _code():
-    """The compiled kernels' module, or None where numba cannot load (a merge then runs the
-    eager torch functions)."""
+    """The IR generator, or None where llvmlite cannot load (merges then run the eager torch
+    functions)."""
     try:
         from mergezoo.merge import kernel_code
-    except ImportError:  # pragma: no cover - numba is a dependency; only broken installs
+        jit._machine()
+    except (ImportError, OSError, RuntimeError):  # pragma: no cover - broken installs only
+        logger.warning("fused merge kernels unavailable; merging with torch", exc_info=True)
         return None
     return kernel_code
+
+
+@functools.cache
+def _source_key() -> str:
+    """Changes whenever the kernels' generator changes: part of their cache key."""
+    return hashlib.sha256(Path(__file__).with_name("kernel_code.py").read_bytes()).hexdigest()
 
 
 MODES = ("auto", "fused", "eager")
@@ -73,11 +86,11 @@ def mode() -> str:
 
 
 def enabled() -> bool:
-    """Whether the fused kernels may be used (numba loads, and the mode is not eager)."""
+    """Whether the fused kernels may be used (llvmlite loads, and the mode is not eager)."""
     return mode() != "eager" and _code() is not None
 
 
-LOAD_SECONDS = 1.3  # importing numba and loading cached kernels, once per process
+LOAD_SECONDS = 0.1  # importing llvmlite and loading cached kernels, once per process
 
 
 def worth_it(saves: float, entries: int) -> bool:
@@ -110,7 +123,7 @@ def load(in_dtypes: set[torch.dtype], out_dtypes: set[torch.dtype], n_models: in
          has_base: bool) -> bool:
     """Load (or, the first time, compile) the kernels for these input and output dtypes and
     this many models, once per process. Returns whether they run here (False: a dtype they do
-    not read, or numba is missing or fails, and merges use the torch functions).
+    not read, or llvmlite is missing or fails, and merges use the torch functions).
 
     Example:
         >>> load({torch.bfloat16}, {torch.bfloat16}, n_models=2, has_base=True)  # doctest: +SKIP
@@ -126,7 +139,7 @@ def load(in_dtypes: set[torch.dtype], out_dtypes: set[torch.dtype], n_models: in
 
 
 def _load(key: tuple) -> bool:
-    """One tiny merge of the given types, so that numba loads or compiles the kernels."""
+    """One tiny merge of the given types, so that the kernels are compiled or loaded."""
     in_dtype, out_dtype, n_models, has_base = key
     if _code() is None:
         return False
@@ -172,6 +185,8 @@ class Combine:
     lam: float = 1.0
     scale: float = 1.0
     add_base: bool = True
+    # A kernel and its settings per (trim row, dtypes, base), made once (see `_settings`).
+    _prepared: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def linear(cls, weights: list[float], *, normalize: bool = False, lam: float = 1.0,
@@ -228,15 +243,68 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
     of one dtype) into `out` (float32 or bf16-as-uint16). `offset` is the slice's first
     entry's index in the flat tensor (the random drop's counter), `slice_index` its index in
     the engine's slicing (TOP_K_TIES's ties). Returns False when an input or the result holds
-    NaN or Inf."""
+    NaN or Inf (rarely also when a sum of finite values overflowed: the engine checks again)."""
+    n = out.shape[0]
+    inputs = ([base] if base is not None else []) + list(experts)
+    if any(a.shape != (n,) or not a.flags.c_contiguous for a in inputs + [out]) or \
+            len({a.dtype for a in inputs}) != 1:
+        raise ValueError("merge_slice: the inputs and the output must be contiguous 1-D "
+                         f"arrays of {n} entries, the inputs of one dtype")
     row = slice_index if plan.trim.shape[0] > 1 else 0  # `trim` and `ties` share their rows
-    ties, trim = plan.ties[row], plan.trim[row]
-    bad = _code().merge(base if base is not None else experts[0], tuple(experts), out, offset,
-                 plan.weight, trim, plan.thr, ties.copy(),
-                 plan.drop_below, plan.drop_key, plan.rescale, plan.sign, plan.normalize,
-                 np.float32(plan.total), np.float32(plan.divisor_floor), np.float32(plan.lam),
-                 np.float32(plan.scale), plan.add_base and base is not None)
+    add_base = plan.add_base and base is not None
+    fn, floats, ints = _settings(plan, row, experts[0].dtype == np.uint16,
+                                 out.dtype == np.uint16, add_base)
+    if (plan.trim[row] == TOP_K_TIES).any():  # the slice's tied entries kept: where they end
+        ints = ints.copy()
+        for i in np.flatnonzero(plan.trim[row] == TOP_K_TIES):
+            bits = magnitudes(base, experts[i], slice(0, n))
+            tied = np.flatnonzero(bits == ints[4 * i])
+            ints[4 * i + 1] = tied[plan.ties[row, i] - 1] + 1
+    bad = fn(out.ctypes.data, (base if add_base else experts[0]).ctypes.data,
+             *[e.ctypes.data for e in experts], floats.ctypes.data, ints.ctypes.data, n, offset)
     return not bad
+
+
+def _settings(plan: Combine, row: int, bf16_in: bool, bf16_out: bool,
+              add_base: bool) -> tuple:
+    """The kernel for one trim row of `plan`, and its float and integer settings (the layout
+    of `kernel_code.merge_ir`), made once per plan."""
+    key = (row, bf16_in, bf16_out, add_base)
+    if key in plan._prepared:
+        return plan._prepared[key]
+    code = _code()
+    rules, n = plan.trim[row], len(plan.weight)
+    floats = np.zeros(len(code.GLOBAL_FLOATS) + 6 * n, np.float32)
+    floats[:4] = plan.lam, plan.scale, plan.total, plan.divisor_floor
+    ints = np.zeros(4 * n, np.int64)
+    normalize = plan.normalize if plan.sign != NO_SIGN else plan.total != 1.0
+    for i in range(n):
+        w = np.float32(plan.weight[i])
+        t = np.float32(plan.thr[i])
+        bits = int(np.abs(t).view(np.int32)) if t >= 0 else -1  # (-0: 0; NaN: keeps none)
+        if np.isnan(t):
+            bits = 0x7FFFFFFF
+        # Trim: keep |x| > keep_above (as bits), and with ties the tied ones before tie_end.
+        keep_above = {KEEP_ALL: -1, HARDSHRINK: bits, TOP_K_TIES: bits,
+                      AT_LEAST: bits - 1 if bits >= 0 else -1}[int(rules[i])]
+        dropping = plan.drop_below[i] >= 0
+        ints[4 * i:4 * i + 4] = (keep_above, 0, plan.drop_below[i] if dropping else 1 << 16,
+                                 plan.drop_key[i] & 0xFFFFFFFF)
+        floats[4 + 6 * i:10 + 6 * i] = (
+            w, abs(w), -1.0 if w < 0 else 1.0, w if plan.normalize else 0.0,
+            0.0 if rules[i] == HARDSHRINK else -0.0,  # hardshrink makes -0 +0
+            plan.rescale[i] if plan.rescale[i] > 0 else 1.0)
+    spec = _code().MergeSpec(
+        n_models=n, bf16_in=bf16_in, bf16_out=bf16_out, add_base=add_base,
+        trim=bool((rules != KEEP_ALL).any()), ties=bool((rules == TOP_K_TIES).any()),
+        drop=bool((plan.drop_below >= 0).any()), rescale=bool((plan.rescale > 0).any()),
+        sign=plan.sign, normalize=bool(normalize),
+        floor=plan.sign != NO_SIGN and plan.divisor_floor > 0)
+    fn = jit.function(spec.name, lambda: code.merge_ir(spec), ctypes.c_int32,
+                      [ctypes.c_void_p] * (n + 4) + [ctypes.c_int64] * 2,
+                      source_key=_source_key())
+    plan._prepared[key] = (fn, floats, ints)
+    return plan._prepared[key]
 
 
 _scan_scratch = threading.local()  # band_scan's gather buffer, one per compute thread
@@ -247,22 +315,38 @@ def band_scan(base: np.ndarray, experts: list[np.ndarray], low: list[int],
     """For each task vector experts[i] - base: how many magnitudes (as float32 bits) are
     above `high[i]`, and the bits of those within [low[i], high[i]], in order (`ops.TopKCut`'s
     bracket pass), in one pass that reads the base once."""
-    n = len(experts)
-    # The gather writes up to 7 past its count. The buffer is the thread's, reused: a fresh
+    n, size = len(experts), base.shape[0]
+    if any(e.shape != base.shape or e.dtype != base.dtype for e in experts) or size >= 2**31:
+        raise ValueError("band_scan: the base and the experts must be 1-D arrays of one "
+                         "shape and dtype, under 2**31 entries")
+    # The gather writes up to 16 past its count. The buffer is the thread's, reused: a fresh
     # one per call costs more in page zeroing (the kernel zeroes whole 2 MB huge pages) than
     # copying out the few percent of entries gathered.
     bands = getattr(_scan_scratch, "bands", None)
-    if bands is None or bands.shape[0] != n or bands.shape[1] < base.shape[0] + 8:
-        bands = _scan_scratch.bands = np.empty((n, max(base.shape[0], CHUNK) + 8), np.int32)
-    counts, above = np.empty(n, np.int64), np.empty(n, np.int64)
-    _code().band_scan(base, tuple(experts), np.asarray(low, np.int64),
-                      np.asarray(high, np.int64), bands, counts, above)
-    return [(int(a), bands[i, :c].copy()) for i, (a, c) in enumerate(zip(above, counts))]
+    if bands is None or bands.shape[0] < n or bands.shape[1] < size + 16:
+        bands = _scan_scratch.bands = np.empty((n, max(size, CHUNK) + 16), np.int32)
+    bf16 = base.dtype == np.uint16
+    code = _code()
+    fn = jit.function(f"mz_band_scan{n}_{'b' if bf16 else 'f'}",
+                      lambda: code.band_scan_ir(n, bf16), None,
+                      [ctypes.c_void_p] * (n + 4) + [ctypes.c_int64, ctypes.c_void_p,
+                                                     ctypes.c_int64],
+                      source_key=_source_key())
+    found = np.empty(2 * n, np.int64)
+    lows, highs = np.asarray(low, np.int64), np.asarray(high, np.int64)
+    fn(base.ctypes.data, *[e.ctypes.data for e in experts], lows.ctypes.data,
+       highs.ctypes.data, bands.ctypes.data, bands.shape[1], found.ctypes.data, size)
+    return [(int(found[i]), bands[i, :found[n + i]].copy()) for i in range(n)]
 
 
 def magnitudes(base: np.ndarray, expert: np.ndarray, part: slice) -> np.ndarray:
     """Magnitude bits (int32) of (expert - base)[part], any step."""
     start, stop, step = part.indices(base.shape[0])
     out = np.empty(len(range(start, stop, step)), np.int32)
-    _code().magnitude_sample(base, expert, start, stop, step, out)
+    bf16 = base.dtype == np.uint16
+    code = _code()
+    fn = jit.function(f"mz_magnitudes_{'b' if bf16 else 'f'}", lambda: code.magnitudes_ir(bf16),
+                      None, [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3,
+                      source_key=_source_key())
+    fn(base.ctypes.data, expert.ctypes.data, out.ctypes.data, start, step, out.shape[0])
     return out

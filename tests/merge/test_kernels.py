@@ -12,7 +12,7 @@ from mergezoo.errors import ConfigurationError
 from mergezoo.merge import kernels
 from mergezoo.merge.ops import magnitude_bits
 
-pytest.importorskip("numba")
+pytest.importorskip("llvmlite")
 
 
 def _bf16(t: torch.Tensor) -> np.ndarray:

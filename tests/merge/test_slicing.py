@@ -88,7 +88,7 @@ FUSED = [case for case in CASES if get_method(case[0]).fused is not None] + [
 def test_fused_kernels_give_the_bytes_of_the_torch_functions(method, params, out_dtype):
     """Every fused method against its own torch function on whole tensors: the same bytes,
     ties at the top-k threshold and odd weights included, on one thread and two."""
-    pytest.importorskip("numba")
+    pytest.importorskip("llvmlite")
     spec = get_method(method)
     base, models = _inputs(3)
     kwargs = spec.resolve(params, [], N_MODELS)
