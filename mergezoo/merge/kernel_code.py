@@ -448,3 +448,54 @@ def magnitudes_ir(bf16: bool) -> str:
     head = (f"define void @{name}(ptr noalias %base, ptr noalias %expert, ptr noalias %out, "
             "i64 %start, i64 %step, i64 %n) {")
     return "\n".join(sorted(e.decls) + ["", head] + e.lines + ["}", ""])
+
+
+def histogram_ir() -> str:
+    """void histogram(values, n, low, shift, binmask, selshift, select, bins, hist): for each
+    int32 value v, with d = v - low (mod 2**32): hist[(j % 4) * bins + ((d >> shift) &
+    binmask)] += 1 where (d >> selshift) == select (d as a 64-bit integer). Four interleaved
+    histograms: equal values in a row do not wait on each other's increments."""
+    e = _Emitter()
+    e.lines += ["entry:", "  %any = icmp sgt i64 %n, 0", "  br i1 %any, label %loop, label %done",
+                "loop:", "  %j = phi i64 [ 0, %entry ], [ %j.next, %loop ]"]
+    v = e("load i32, ptr " + e("getelementptr i32, ptr %values, i64 %j") + ", align 4")
+    d = e(f"sub i32 {v}, %low")
+    shifted = e(f"lshr i32 {d}, %shift")
+    bin_ = e(f"zext i32 {e(f'and i32 {shifted}, %binmask')} to i64")
+    lane = e(f"mul i64 {e('and i64 %j, 3')}, %bins")
+    wide = e(f"zext i32 {d} to i64")
+    counts = e(f"icmp eq i64 {e(f'lshr i64 {wide}, %selshift')}, %select")
+    slot = e(f"getelementptr i64, ptr %hist, i64 {e(f'add i64 {lane}, {bin_}')}")
+    total = e(f"add i64 {e(f'load i64, ptr {slot}, align 8')}, {e(f'zext i1 {counts} to i64')}")
+    e.lines += [f"  store i64 {total}, ptr {slot}, align 8", "  %j.next = add i64 %j, 1",
+                "  %more = icmp slt i64 %j.next, %n", "  br i1 %more, label %loop, label %done",
+                "done:", "  ret void"]
+    head = ("define void @mz_histogram(ptr noalias %values, i64 %n, i32 %low, i32 %shift, "
+            "i32 %binmask, i64 %selshift, i64 %select, i64 %bins, ptr noalias %hist) {")
+    return "\n".join(["", head] + e.lines + ["}", ""])
+
+
+def tied_counts_ir(bf16: bool) -> str:
+    """void tied_counts(base, expert, out, bits, n): out[b] += how many of entries 16b ..
+    16b+15 have the magnitude bits `bits` in expert - base (out: zeros, n/16 rounded up):
+    where a slice's k-th tied entry lies, without a pass that stores every magnitude."""
+    args = ["ptr noalias %base", "ptr noalias %expert", "ptr noalias %out", "i32 %bits",
+            "i64 %n"]
+
+    def body(e: _Emitter, w: int, idx: str, s: dict, acc: dict) -> dict:
+        F, I = _vec(w, "float"), _vec(w, "i32")
+        x = e(f"fsub {F} {e.load(w, bf16, '%expert', idx)}, {e.load(w, bf16, '%base', idx)}")
+        tied = e(f"icmp eq {I} {e.magnitude(w, x)}, {e.splat(w, 'i32', '%bits')}")
+        if w == 1:
+            count = e(f"zext i1 {tied} to i32")
+        else:
+            mask = e(f"bitcast <{w} x i1> {tied} to i{w}")
+            count = e(f"zext i{w} {e.call(f'i{w}', f'llvm.ctpop.i{w}', [(f'i{w}', mask)])} "
+                      "to i32")
+        slot = e(f"getelementptr i32, ptr %out, i64 {e(f'lshr i64 {idx}, 4')}")
+        total = e(f"add i32 {e(f'load i32, ptr {slot}, align 4')}, {count}")
+        e.lines.append(f"  store i32 {total}, ptr {slot}, align 4")
+        return {}
+
+    return _function(f"mz_tied_counts_{'b' if bf16 else 'f'}", "void", args, lambda e: {}, {},
+                     lambda e: {}, body, lambda e, final, start: "")

@@ -257,12 +257,30 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
     if (plan.trim[row] == TOP_K_TIES).any():  # the slice's tied entries kept: where they end
         ints = ints.copy()
         for i in np.flatnonzero(plan.trim[row] == TOP_K_TIES):
-            bits = magnitudes(base, experts[i], slice(0, n))
-            tied = np.flatnonzero(bits == ints[4 * i])
-            ints[4 * i + 1] = tied[plan.ties[row, i] - 1] + 1
+            ints[4 * i + 1] = _after_tie(base, experts[i], int(ints[4 * i]),
+                                         int(plan.ties[row, i]))
     bad = fn(out.ctypes.data, (base if add_base else experts[0]).ctypes.data,
              *[e.ctypes.data for e in experts], floats.ctypes.data, ints.ctypes.data, n, offset)
     return not bad
+
+
+def _after_tie(base: np.ndarray, expert: np.ndarray, bits: int, count: int) -> int:
+    """The index just after the `count`-th entry (count >= 1) of expert - base whose magnitude
+    has the float32 bits `bits`."""
+    bf16 = base.dtype == np.uint16
+    code = _code()
+    fn = jit.function(f"mz_tied_counts_{'b' if bf16 else 'f'}",
+                      lambda: code.tied_counts_ir(bf16), None,
+                      [ctypes.c_void_p] * 3 + [ctypes.c_int32, ctypes.c_int64],
+                      source_key=_source_key())
+    per_block = np.zeros(-(-base.shape[0] // 16), np.int32)
+    fn(base.ctypes.data, expert.ctypes.data, per_block.ctypes.data, bits, base.shape[0])
+    reached = np.cumsum(per_block)
+    block = int(np.searchsorted(reached, count))  # the 16 entries that hold the count-th
+    count -= int(reached[block - 1]) if block else 0
+    first = 16 * block
+    tied = np.flatnonzero(magnitudes(base, expert, slice(first, first + 16)) == bits)
+    return first + int(tied[count - 1]) + 1
 
 
 def _settings(plan: Combine, row: int, bf16_in: bool, bf16_out: bool,
@@ -350,3 +368,44 @@ def magnitudes(base: np.ndarray, expert: np.ndarray, part: slice) -> np.ndarray:
                       source_key=_source_key())
     fn(base.ctypes.data, expert.ctypes.data, out.ctypes.data, start, step, out.shape[0])
     return out
+
+
+def _histogram(values: np.ndarray, low: int, shift: int, binmask: int, selshift: int,
+               select: int, bins: int) -> np.ndarray:
+    """See `kernel_code.histogram_ir`: the four interleaved histograms, summed."""
+    code = _code()
+    fn = jit.function("mz_histogram", code.histogram_ir, None,
+                      [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
+                       ctypes.c_uint32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                       ctypes.c_void_p], source_key=_source_key())
+    hist = np.zeros(4 * bins, np.int64)
+    fn(values.ctypes.data, values.shape[0], low - (1 << 32) if low >= 1 << 31 else low,
+       shift, binmask, selshift, select, bins, hist.ctypes.data)
+    return hist.reshape(4, bins).sum(axis=0)
+
+
+def kth_smallest(values: np.ndarray | torch.Tensor, ranks: list[int], low: int | None = None,
+                 high: int | None = None) -> list[int]:
+    """The `ranks`-th smallest (1-based) of a 1-D int32 array whose values lie in [low, high]
+    (found when not given), exactly, by radix selection: a histogram of 11 bits of each value's
+    offset from `low` at a time, from the top, over the values that share the digits found so
+    far. Several times faster than numpy's introselect on magnitude bits with many equal
+    values (1.5 against 6-9 ms for 750,000 of them here)."""
+    if isinstance(values, torch.Tensor):
+        values = values.numpy()
+    values = np.ascontiguousarray(values, np.int32)
+    low = int(values.min()) if low is None else low
+    high = int(values.max()) if high is None else high
+    found = []
+    for rank in ranks:
+        prefix, position = 0, (high - low).bit_length()
+        while position > 0:  # the digits above `position` are `prefix`
+            width = min(11, position)
+            shift = position - width
+            counts = np.cumsum(_histogram(values, low, shift, (1 << width) - 1, position, prefix,
+                                          1 << width))
+            digit = int(np.searchsorted(counts, rank))  # the first bin reaching the rank
+            rank -= int(counts[digit - 1]) if digit else 0
+            prefix, position = (prefix << width) | digit, shift
+        found.append(low + prefix)
+    return found

@@ -92,9 +92,12 @@ def band_of(bits_of: Magnitudes) -> BandScan:
     return scan
 
 
-def kth_smallest(values: torch.Tensor, ranks: list[int]) -> list[int]:
-    """The `ranks`-th smallest (1-based) of a flat integer tensor. On CPU numpy's introselect,
-    many times faster than torch.kthvalue (8 ms against 0.5 ms for 600,000 entries here)."""
+def kth_smallest(values: torch.Tensor, ranks: list[int], low: int | None = None,
+                 high: int | None = None) -> list[int]:
+    """The `ranks`-th smallest (1-based) of a flat integer tensor (whose values lie in [low,
+    high], which this one does not need). On CPU numpy's introselect, many times faster than
+    torch.kthvalue (8 ms against 0.5 ms for 600,000 entries here); `kernels.kth_smallest` is
+    faster still on magnitudes with many equal values."""
     if values.device.type == "cpu":
         picked = np.partition(values.numpy(), [r - 1 for r in ranks])
         return [int(picked[r - 1]) for r in ranks]
@@ -121,33 +124,37 @@ def bracket(sample: torch.Tensor, n: int, k: int) -> tuple[int, int]:
     return low, high
 
 
-def resolve_band(above: int, bands: list, k: int, low: int,
-                 high: int) -> tuple[int, list[int], list[int]] | None:
+def kth_in_range(values: torch.Tensor, ranks: list[int], low: int, high: int) -> list[int]:
+    """`kth_smallest` of integers within [low, high]: by a histogram when the range is small
+    against their number (bf16 task vectors' magnitudes near a cut: a few dozen distinct
+    values), else by selection."""
+    if high - low >= max(BUCKETS, values.numel()):
+        return kth_smallest(values, ranks)
+    counts = np.cumsum(np.bincount(values.numpy() - np.int32(low), minlength=high - low + 1))
+    return [low + int(np.searchsorted(counts, r)) for r in ranks]
+
+
+def resolve_band(above: int, bands: list, k: int, low: int, high: int,
+                 select: Callable = kth_in_range) -> tuple[int, list[int], list[int]] | None:
     """The exact top-k cut from a bracket pass: `above` entries are above `high`, `bands[j]`
     holds part j's magnitude bits within [low, high], in order. Returns the threshold, how
     many entries equal to it each part keeps (the first ones, in part order) and how many it
-    has, or None when the bracket missed the cut.
-
-    A histogram of the band finds the threshold when the band spans few distinct bit
-    patterns (bf16 task vectors: a few dozen), a selection when it spans many."""
+    has, or None when the bracket missed the cut. `select(values, ranks, low, high)` finds
+    the threshold among the band's values (`kth_in_range`, or a fused kernel's)."""
     bands = [b.cpu().numpy() if isinstance(b, torch.Tensor) else b for b in bands]
     candidates = np.concatenate(bands) if len(bands) > 1 else bands[0]
     need = k - above
     if not 0 < need <= candidates.size:
         return None
-    if high - low < max(BUCKETS, candidates.size):
-        hist = np.bincount(candidates - np.int32(low), minlength=high - low + 1)
-        bucket, ties = bucket_of_kth(torch.from_numpy(hist), need)
-        threshold = low + bucket
-    else:
-        threshold, = kth_smallest(torch.from_numpy(candidates), [candidates.size - need + 1])
-        ties = need - int(np.count_nonzero(candidates > threshold))
-    # The tied entries that belong to the top k are the first `ties` of them.
-    tied = np.flatnonzero(candidates == threshold)
-    starts = np.cumsum([0] + [b.size for b in bands[:-1]])
-    owner = np.searchsorted(starts, tied, side="right") - 1  # (empty parts own nothing)
-    return (threshold, np.bincount(owner[:ties], minlength=len(bands)).tolist(),
-            np.bincount(owner, minlength=len(bands)).tolist())
+    threshold, = select(torch.from_numpy(candidates), [candidates.size - need + 1], low, high)
+    ties = need - int(np.count_nonzero(candidates > threshold))
+    # The tied entries that belong to the top k are the first `ties` of them, in part order.
+    equal = [int(np.count_nonzero(b == threshold)) for b in bands]
+    kept = []
+    for count in equal:
+        kept.append(min(ties, count))
+        ties -= kept[-1]
+    return threshold, kept, equal
 
 
 def _radix_threshold(bits_of: Magnitudes, k: int, parts: list[slice],
@@ -217,11 +224,12 @@ class TopKCut:
     @classmethod
     def find_each(cls, bits_of: list[Magnitudes], n: int, ks: list[int], parts: list[slice],
                   scan_all: BandScanAll, run: Callable = map,
-                  device: torch.device | str = "cpu") -> "list[TopKCut]":
+                  device: torch.device | str = "cpu",
+                  select: Callable = kth_in_range) -> "list[TopKCut]":
         """`find` for the task vectors of one tensor (model i: `bits_of[i]`, `ks[i]`) at once:
         `scan_all` does every bracket pass in one pass per part (the fused kernel reads the
         base once for all of them). `run(fn, items)` maps over parts and models (a thread
-        pool's map)."""
+        pool's map); `select` finds a rank in a band (see `resolve_band`)."""
         if n <= SMALL:
             return [cls.find(b, n, k, parts) for b, k in zip(bits_of, ks)]
         brackets = list(run(lambda i: bracket(bits_of[i](sample_part(n)), n, ks[i]),
@@ -231,7 +239,7 @@ class TopKCut:
 
         def cut(i: int) -> TopKCut:
             found = resolve_band(sum(s[i][0] for s in scanned), [s[i][1] for s in scanned],
-                                 ks[i], lows[i], highs[i])
+                                 ks[i], lows[i], highs[i], select)
             return cls(*(found or _radix_threshold(bits_of[i], ks[i], parts,
                                                     torch.device(device))))
         return list(run(cut, range(len(ks))))

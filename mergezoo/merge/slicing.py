@@ -108,7 +108,7 @@ class SlicedTensor:
                 scanned = kernels.band_scan(base[part], [m[part] for m in models], low, high)
                 return [scanned[i] for i in wanted]
             cuts = TopKCut.find_each(bits, self.n, [ks[i] for i in wanted], self.parts,
-                                     scan_all, run=self.map)
+                                     scan_all, run=self.map, select=kernels.kth_smallest)
         found = dict(zip(wanted, cuts))
         return [found.get(i) for i in range(len(ks))]
 
