@@ -16,161 +16,14 @@ merge gives the same bytes with or without them; tests hold the two paths equal.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-from typing import Callable
 
+from mergezoo.merge.ir import (W, Acc, Emitter, add_reduce, f32, or_reduce, scalar_loop, vec,
+                               vector_loop)
 from mergezoo.merge.ops import GOLDEN
-
-W = 16  # lanes per vector step
 EXPONENT = 0x7F800000  # float32 magnitude bits from which a value is Inf or NaN
 BF16_LIMIT = 0x7F7F8000  # float32 magnitude bits that round to bf16 Inf
 NO_SIGN, SIGN_SUM, SIGN_COUNT = 0, 1, 2
-
-
-def _vec(w: int, elem: str) -> str:
-    return elem if w == 1 else f"<{w} x {elem}>"
-
-
-def _suffix(w: int, elem: str) -> str:
-    short = {"float": "f32", "i1": "i1", "i16": "i16", "i32": "i32"}[elem]
-    return short if w == 1 else f"v{w}{short}"
-
-
-def _f(x: float) -> str:
-    """A float32 constant as LLVM writes it: the hex of the (exact) double."""
-    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", x))[0]
-
-
-class _Emitter:
-    """Straight-line SSA code with fresh names, and the intrinsics it calls."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.decls: set[str] = set()
-        self.count = 0
-
-    def __call__(self, text: str) -> str:
-        name = f"%v{self.count}"
-        self.count += 1
-        self.lines.append(f"  {name} = {text}")
-        return name
-
-    def const(self, w: int, elem: str, text: str) -> str:
-        return text if w == 1 else "<" + ", ".join([f"{elem} {text}"] * w) + ">"
-
-    def lanes(self, w: int, elem: str) -> str:
-        """<0, 1, ..., w-1>."""
-        return "0" if w == 1 else "<" + ", ".join(f"{elem} {i}" for i in range(w)) + ">"
-
-    def splat(self, w: int, elem: str, scalar: str) -> str:
-        if w == 1:
-            return scalar
-        one = self(f"insertelement <{w} x {elem}> poison, {elem} {scalar}, i64 0")
-        return self(f"shufflevector <{w} x {elem}> {one}, <{w} x {elem}> poison, "
-                    f"<{w} x i32> zeroinitializer")
-
-    def call(self, ret: str, name: str, args: list[tuple[str, str]]) -> str:
-        self.decls.add(f"declare {ret} @{name}({', '.join(t for t, _ in args)})")
-        text = f"call {ret} @{name}({', '.join(f'{t} {v}' for t, v in args)})"
-        if ret == "void":
-            self.lines.append(f"  {text}")
-            return ""
-        return self(text)
-
-    def param(self, array: str, elem: str, index: int) -> str:
-        p = self(f"getelementptr {elem}, ptr {array}, i64 {index}")
-        return self(f"load {elem}, ptr {p}, align {4 if elem == 'float' else 8}")
-
-    def load(self, w: int, bf16: bool, ptr: str, idx: str) -> str:
-        """w inputs from entry idx on, as float32."""
-        elem = "i16" if bf16 else "float"
-        p = self(f"getelementptr {elem}, ptr {ptr}, i64 {idx}")
-        v = self(f"load {_vec(w, elem)}, ptr {p}, align {2 if bf16 else 4}")
-        if not bf16:
-            return v
-        wide = self(f"zext {_vec(w, 'i16')} {v} to {_vec(w, 'i32')}")
-        shifted = self(f"shl {_vec(w, 'i32')} {wide}, {self.const(w, 'i32', '16')}")
-        return self(f"bitcast {_vec(w, 'i32')} {shifted} to {_vec(w, 'float')}")
-
-    def magnitude(self, w: int, x: str) -> str:
-        """|x| as float32 bits (int32): ordered like the magnitudes, NaN above Inf."""
-        bits = self(f"bitcast {_vec(w, 'float')} {x} to {_vec(w, 'i32')}")
-        return self(f"and {_vec(w, 'i32')} {bits}, {self.const(w, 'i32', '2147483647')}")
-
-    def fma(self, w: int, a: str, b: str, c: str) -> str:
-        t = _vec(w, "float")
-        return self.call(t, f"llvm.fma.{_suffix(w, 'float')}", [(t, a), (t, b), (t, c)])
-
-    def as_float(self, w: int, flag: str) -> str:
-        return self(f"uitofp {_vec(w, 'i1')} {flag} to {_vec(w, 'float')}")
-
-
-@dataclass(frozen=True)
-class _Acc:
-    """A loop-carried value: its type and start in the vector loop and in the scalar loop
-    (which starts from the vector loop's result, reduced by `reduce`)."""
-
-    vtype: str
-    vinit: str
-    stype: str
-    reduce: Callable[[_Emitter, str], str] | None = None
-
-
-def _function(name: str, ret: str, args: list[str], entry: Callable[[_Emitter], dict],
-              accs: dict[str, _Acc], inits: Callable[[_Emitter], dict[str, str]],
-              body: Callable[[_Emitter, int, str, dict, dict], dict],
-              exit_: Callable[[_Emitter, dict, dict], str]) -> str:
-    """A kernel over entries 0..n-1 (`%n`): `entry` loads the settings, `body(e, w, idx,
-    settings, accs)` handles entries idx..idx+w-1 and returns the new accumulators, `exit_`
-    returns the value to return."""
-    e = _Emitter()
-    e.lines.append("entry:")
-    settings = {1: entry(e)}
-    settings[W] = {k: (e.splat(W, t, v) if t else v) for k, (t, v) in settings[1].items()}
-    settings[1] = {k: v for k, (t, v) in settings[1].items()}
-    start = inits(e)
-    e.lines += ["  %vend = and i64 %n, -16", "  %any_v = icmp ugt i64 %vend, 0",
-                "  br i1 %any_v, label %vloop, label %vdone", "vloop:",
-                "  %vi = phi i64 [ 0, %entry ], [ %vi.next, %vloop ]"]
-    phis = len(e.lines)
-    cur = {k: f"%{k}.v" for k in accs}
-    new = body(e, W, "%vi", settings[W], cur)
-    e.lines[phis:phis] = [f"  %{k}.v = phi {a.vtype} [ {a.vinit}, %entry ], "
-                          f"[ {new[k]}, %vloop ]" for k, a in accs.items()]
-    e.lines += ["  %vi.next = add i64 %vi, 16", "  %more_v = icmp ult i64 %vi.next, %vend",
-                "  br i1 %more_v, label %vloop, label %vdone", "vdone:"]
-    e.lines += [f"  %{k}.vd = phi {a.vtype} [ {a.vinit}, %entry ], [ {new[k]}, %vloop ]"
-                for k, a in accs.items()]
-    reduced = {k: (a.reduce(e, f"%{k}.vd") if a.reduce else f"%{k}.vd")
-               for k, a in accs.items()}
-    e.lines += ["  br label %vexit", "vexit:", "  %any_t = icmp ult i64 %vend, %n",
-                "  br i1 %any_t, label %tloop, label %done", "tloop:",
-                "  %ti = phi i64 [ %vend, %vexit ], [ %ti.next, %tloop ]"]
-    phis = len(e.lines)
-    cur = {k: f"%{k}.t" for k in accs}
-    tail = body(e, 1, "%ti", settings[1], cur)
-    e.lines[phis:phis] = [f"  %{k}.t = phi {a.stype} [ {reduced[k]}, %vexit ], "
-                          f"[ {tail[k]}, %tloop ]" for k, a in accs.items()]
-    e.lines += ["  %ti.next = add i64 %ti, 1", "  %more_t = icmp ult i64 %ti.next, %n",
-                "  br i1 %more_t, label %tloop, label %done", "done:"]
-    final = {}
-    for k, a in accs.items():
-        final[k] = f"%{k}.f"
-        e.lines.append(f"  %{k}.f = phi {a.stype} [ {reduced[k]}, %vexit ], "
-                       f"[ {tail[k]}, %tloop ]")
-    result = exit_(e, final, start)
-    e.lines.append(f"  ret {ret} {result}" if ret != "void" else "  ret void")
-    head = f"define {ret} @{name}({', '.join(args)}) {{"
-    return "\n".join(sorted(e.decls) + ["", head] + e.lines + ["}", ""])
-
-
-def _or_reduce(e: _Emitter, v: str) -> str:
-    return e.call("i1", f"llvm.vector.reduce.or.v{W}i1", [(f"<{W} x i1>", v)])
-
-
-def _add_reduce(e: _Emitter, v: str) -> str:
-    return e.call("i32", f"llvm.vector.reduce.add.v{W}i32", [(f"<{W} x i32>", v)])
 
 
 @dataclass(frozen=True)
@@ -214,7 +67,7 @@ def merge_ir(spec: MergeSpec) -> str:
     args = ["ptr noalias %out", "ptr noalias %base"] + [f"ptr noalias %e{i}" for i in range(nm)]
     args += ["ptr noalias %fp", "ptr noalias %ip", "i64 %n", "i64 %offset"]
 
-    def entry(e: _Emitter) -> dict:
+    def entry(e: Emitter) -> dict:
         s = {}
         for k, name in enumerate(GLOBAL_FLOATS):
             s[name] = ("float", e.param("%fp", "float", k))
@@ -228,11 +81,11 @@ def merge_ir(spec: MergeSpec) -> str:
                     ("i32", e(f"trunc i64 {v} to i32"))
         return s
 
-    def body(e: _Emitter, w: int, idx: str, s: dict, acc: dict) -> dict:
-        F, I, B = _vec(w, "float"), _vec(w, "i32"), _vec(w, "i1")
+    def body(e: Emitter, w: int, idx: str, s: dict, acc: dict) -> dict:
+        F, I, B = vec(w, "float"), vec(w, "i32"), vec(w, "i1")
         b = e.load(w, spec.bf16_in, "%base", idx) if spec.add_base else None
         if spec.ties:
-            position = e(f"add {_vec(w, 'i64')} {e.splat(w, 'i64', idx)}, {e.lanes(w, 'i64')}")
+            position = e(f"add {vec(w, 'i64')} {e.splat(w, 'i64', idx)}, {e.lanes(w, 'i64')}")
         if spec.drop:
             first = e(f"add i64 %offset, {idx}")
             first = e(f"trunc i64 {first} to i32")
@@ -247,7 +100,7 @@ def merge_ir(spec: MergeSpec) -> str:
                 keep = e(f"icmp sgt {I} {m}, {cut}")
                 if spec.ties:  # the tied entries before the slice's tie_end are kept too
                     tied = e(f"icmp eq {I} {m}, {cut}")
-                    early = e(f"icmp slt {_vec(w, 'i64')} {position}, {s[f'tie_end{i}']}")
+                    early = e(f"icmp slt {vec(w, 'i64')} {position}, {s[f'tie_end{i}']}")
                     keep = e(f"or {B} {keep}, {e(f'and {B} {tied}, {early}')}")
                 y = e(f"fmul {F} {y}, {e.as_float(w, keep)}")
                 y = e(f"fadd {F} {y}, {s[f'zero{i}']}")  # +0 (hardshrink: -0 becomes +0), or -0
@@ -279,15 +132,15 @@ def merge_ir(spec: MergeSpec) -> str:
         _store(e, w, spec.bf16_out, v, idx)
         return {"bad": bad}
 
-    accs = {"bad": _Acc(f"<{W} x i1>", "zeroinitializer", "i1", _or_reduce)}
-    return _function(spec.name, "i32", args, entry, accs, lambda e: {}, body,
-                     lambda e, final, start: e(f"zext i1 {final['bad']} to i32"))
+    accs = {"bad": Acc(f"<{W} x i1>", "zeroinitializer", "i1", or_reduce)}
+    return vector_loop(spec.name, "i32", args, entry, accs, body,
+                       lambda e, final: e(f"zext i1 {final['bad']} to i32"))
 
 
-def _lane(e: _Emitter, w: int, counter: str, key: str) -> str:
+def _lane(e: Emitter, w: int, counter: str, key: str) -> str:
     """DARE's 16-bit lane of each entry (`ops.keep_lanes`): Wellons' lowbias32 of
     entry * GOLDEN + key, all mod 2**32."""
-    I = _vec(w, "i32")
+    I = vec(w, "i32")
 
     def c(value: int) -> str:
         return e.const(w, "i32", str(value if value < 2**31 else value - 2**32))
@@ -302,13 +155,13 @@ def _lane(e: _Emitter, w: int, counter: str, key: str) -> str:
     return e(f"lshr {I} {x}, {c(16)}")
 
 
-def _disjoint(e: _Emitter, w: int, spec: MergeSpec, s: dict, ys: list[str],
+def _disjoint(e: Emitter, w: int, spec: MergeSpec, s: dict, ys: list[str],
               checks: list[str]) -> str:
     """`ops.combine` with a sign rule: elect a sign per entry, then the (weighted) mean of
     the entries that agree with it. Appends to `checks` what flags a non-finite input."""
-    F, B = _vec(w, "float"), _vec(w, "i1")
-    zero, one = e.const(w, "float", _f(0.0)), e.const(w, "float", _f(1.0))
-    minus = e.const(w, "float", _f(-1.0))
+    F, B = vec(w, "float"), vec(w, "i1")
+    zero, one = e.const(w, "float", f32(0.0)), e.const(w, "float", f32(1.0))
+    minus = e.const(w, "float", f32(-1.0))
 
     def select(cond: str, a: str, b: str) -> str:
         return e(f"select {B} {cond}, {F} {a}, {F} {b}")
@@ -325,7 +178,7 @@ def _disjoint(e: _Emitter, w: int, spec: MergeSpec, s: dict, ys: list[str],
             votes = e.fma(w, s[f"weight{i}"], y, votes)
         # NaN or Inf in any task vector reaches the votes (a zero weight too: 0 * Inf is NaN).
         big = e.const(w, "i32", str(EXPONENT))
-        checks.append(e(f"icmp uge {_vec(w, 'i32')} {e.magnitude(w, votes)}, {big}"))
+        checks.append(e(f"icmp uge {vec(w, 'i32')} {e.magnitude(w, votes)}, {big}"))
     else:
         probe = zero
         for i, y in enumerate(ys):
@@ -353,21 +206,21 @@ def _disjoint(e: _Emitter, w: int, spec: MergeSpec, s: dict, ys: list[str],
     return v
 
 
-def _store(e: _Emitter, w: int, bf16: bool, v: str, idx: str) -> None:
+def _store(e: Emitter, w: int, bf16: bool, v: str, idx: str) -> None:
     """out[idx:idx+w] = v in the output's dtype (bf16: round to nearest even, as torch
     casts; a NaN would need a select that slows the loop, and fails the merge anyway)."""
     elem = "i16" if bf16 else "float"
     if bf16:
-        I = _vec(w, "i32")
+        I = vec(w, "i32")
 
         def c(value: int) -> str:
             return e.const(w, "i32", str(value))
-        u = e(f"bitcast {_vec(w, 'float')} {v} to {I}")
+        u = e(f"bitcast {vec(w, 'float')} {v} to {I}")
         odd = e(f"and {I} {e(f'lshr {I} {u}, {c(16)}')}, {c(1)}")
         r = e(f"add {I} {e(f'add {I} {u}, {c(0x7FFF)}')}, {odd}")
-        v = e(f"trunc {I} {e(f'lshr {I} {r}, {c(16)}')} to {_vec(w, 'i16')}")
+        v = e(f"trunc {I} {e(f'lshr {I} {r}, {c(16)}')} to {vec(w, 'i16')}")
     p = e(f"getelementptr {elem}, ptr %out, i64 {idx}")
-    e.lines.append(f"  store {_vec(w, elem)} {v}, ptr {p}, align {2 if bf16 else 4}")
+    e.lines.append(f"  store {vec(w, elem)} {v}, ptr {p}, align {2 if bf16 else 4}")
 
 
 def band_scan_ir(n_models: int, bf16: bool) -> str:
@@ -381,7 +234,7 @@ def band_scan_ir(n_models: int, bf16: bool) -> str:
              "ptr noalias %out", "i64 %n"]
     name = f"mz_band_scan{n_models}_{'b' if bf16 else 'f'}"
 
-    def entry(e: _Emitter) -> dict:
+    def entry(e: Emitter) -> dict:
         s = {}
         for i in range(n_models):
             low = e(f"trunc i64 {e.param('%lo', 'i64', i)} to i32")
@@ -392,8 +245,8 @@ def band_scan_ir(n_models: int, bf16: bool) -> str:
             s[f"band{i}"] = ("", e(f"getelementptr i32, ptr %bands, i64 {row}"))
         return s
 
-    def body(e: _Emitter, w: int, idx: str, s: dict, acc: dict) -> dict:
-        F, I, B = _vec(w, "float"), _vec(w, "i32"), _vec(w, "i1")
+    def body(e: Emitter, w: int, idx: str, s: dict, acc: dict) -> dict:
+        F, I, B = vec(w, "float"), vec(w, "i32"), vec(w, "i1")
         b = e.load(w, bf16, "%base", idx)
         new = {}
         for i in range(n_models):
@@ -418,10 +271,10 @@ def band_scan_ir(n_models: int, bf16: bool) -> str:
 
     accs = {}
     for i in range(n_models):
-        accs[f"above{i}"] = _Acc(f"<{W} x i32>", "zeroinitializer", "i32", _add_reduce)
-        accs[f"count{i}"] = _Acc("i64", "0", "i64")
+        accs[f"above{i}"] = Acc(f"<{W} x i32>", "zeroinitializer", "i32", add_reduce)
+        accs[f"count{i}"] = Acc("i64", "0", "i64")
 
-    def exit_(e: _Emitter, final: dict, start: dict) -> str:
+    def exit_(e: Emitter, final: dict) -> str:
         for i in range(n_models):
             for k, value in ((i, e(f"zext i32 {final[f'above{i}']} to i64")),
                              (n_models + i, final[f"count{i}"])):
@@ -429,50 +282,47 @@ def band_scan_ir(n_models: int, bf16: bool) -> str:
                 e.lines.append(f"  store i64 {value}, ptr {slot}, align 8")
         return ""
 
-    return _function(name, "void", args, entry, accs, lambda e: {}, body, exit_)
+    return vector_loop(name, "void", args, entry, accs, body, exit_)
 
 
 def magnitudes_ir(bf16: bool) -> str:
-    """void magnitudes(base, expert, out, start, step, n): out[k] = magnitude bits of
-    expert[start + k * step] - base[start + k * step], k < n (a strided sample)."""
-    e = _Emitter()
-    e.lines += ["entry:", "  %any = icmp sgt i64 %n, 0", "  br i1 %any, label %loop, label %done",
-                "loop:", "  %k = phi i64 [ 0, %entry ], [ %k.next, %loop ]"]
-    idx = e(f"add i64 %start, {e('mul i64 %k, %step')}")
-    x = e(f"fsub float {e.load(1, bf16, '%expert', idx)}, {e.load(1, bf16, '%base', idx)}")
-    slot = e("getelementptr i32, ptr %out, i64 %k")
-    e.lines += [f"  store i32 {e.magnitude(1, x)}, ptr {slot}, align 4",
-                "  %k.next = add i64 %k, 1", "  %more = icmp slt i64 %k.next, %n",
-                "  br i1 %more, label %loop, label %done", "done:", "  ret void"]
-    name = f"mz_magnitudes_{'b' if bf16 else 'f'}"
-    head = (f"define void @{name}(ptr noalias %base, ptr noalias %expert, ptr noalias %out, "
-            "i64 %start, i64 %step, i64 %n) {")
-    return "\n".join(sorted(e.decls) + ["", head] + e.lines + ["}", ""])
+    """void magnitudes(base, expert, out, start, step, n): out[j] = magnitude bits of
+    expert[start + j * step] - base[start + j * step], j < n (a strided sample)."""
+    def body(e: Emitter) -> None:
+        idx = e(f"add i64 %start, {e('mul i64 %j, %step')}")
+        x = e(f"fsub float {e.load(1, bf16, '%expert', idx)}, {e.load(1, bf16, '%base', idx)}")
+        slot = e("getelementptr i32, ptr %out, i64 %j")
+        e.lines.append(f"  store i32 {e.magnitude(1, x)}, ptr {slot}, align 4")
+
+    return scalar_loop(f"mz_magnitudes_{'b' if bf16 else 'f'}",
+                       ["ptr noalias %base", "ptr noalias %expert", "ptr noalias %out",
+                        "i64 %start", "i64 %step", "i64 %n"], body)
 
 
 def histogram_ir() -> str:
     """void histogram(values, n, low, shift, binmask, selshift, select, bins, hist): for each
-    int32 value v, with d = v - low (mod 2**32): hist[(j % 4) * bins + ((d >> shift) &
-    binmask)] += 1 where (d >> selshift) == select (d as a 64-bit integer). Four interleaved
-    histograms: equal values in a row do not wait on each other's increments."""
-    e = _Emitter()
-    e.lines += ["entry:", "  %any = icmp sgt i64 %n, 0", "  br i1 %any, label %loop, label %done",
-                "loop:", "  %j = phi i64 [ 0, %entry ], [ %j.next, %loop ]"]
-    v = e("load i32, ptr " + e("getelementptr i32, ptr %values, i64 %j") + ", align 4")
-    d = e(f"sub i32 {v}, %low")
-    shifted = e(f"lshr i32 {d}, %shift")
-    bin_ = e(f"zext i32 {e(f'and i32 {shifted}, %binmask')} to i64")
-    lane = e(f"mul i64 {e('and i64 %j, 3')}, %bins")
-    wide = e(f"zext i32 {d} to i64")
-    counts = e(f"icmp eq i64 {e(f'lshr i64 {wide}, %selshift')}, %select")
-    slot = e(f"getelementptr i64, ptr %hist, i64 {e(f'add i64 {lane}, {bin_}')}")
-    total = e(f"add i64 {e(f'load i64, ptr {slot}, align 8')}, {e(f'zext i1 {counts} to i64')}")
-    e.lines += [f"  store i64 {total}, ptr {slot}, align 8", "  %j.next = add i64 %j, 1",
-                "  %more = icmp slt i64 %j.next, %n", "  br i1 %more, label %loop, label %done",
-                "done:", "  ret void"]
-    head = ("define void @mz_histogram(ptr noalias %values, i64 %n, i32 %low, i32 %shift, "
-            "i32 %binmask, i64 %selshift, i64 %select, i64 %bins, ptr noalias %hist) {")
-    return "\n".join(["", head] + e.lines + ["}", ""])
+    int32 value v (entry j), with d = v - low (mod 2**32): hist[(j % 4) * bins + ((d >> shift)
+    & binmask)] += 1 where (d >> selshift) == select (d as a 64-bit integer); a bin past
+    `bins` counts in bin 0 instead. Four interleaved histograms: equal values in a row do not
+    wait on each other's increments."""
+    def body(e: Emitter) -> None:
+        v = e("load i32, ptr " + e("getelementptr i32, ptr %values, i64 %j") + ", align 4")
+        d = e(f"sub i32 {v}, %low")
+        shifted = e(f"lshr i32 {d}, %shift")
+        bin_ = e(f"zext i32 {e(f'and i32 {shifted}, %binmask')} to i64")
+        # A value outside the caller's range must not write outside the histogram.
+        bin_ = e(f"select i1 {e(f'icmp ult i64 {bin_}, %bins')}, i64 {bin_}, i64 0")
+        lane = e(f"mul i64 {e('and i64 %j, 3')}, %bins")
+        wide = e(f"zext i32 {d} to i64")
+        counts = e(f"icmp eq i64 {e(f'lshr i64 {wide}, %selshift')}, %select")
+        slot = e(f"getelementptr i64, ptr %hist, i64 {e(f'add i64 {lane}, {bin_}')}")
+        old = e(f"load i64, ptr {slot}, align 8")
+        total = e(f"add i64 {old}, {e(f'zext i1 {counts} to i64')}")
+        e.lines.append(f"  store i64 {total}, ptr {slot}, align 8")
+
+    return scalar_loop("mz_histogram", ["ptr noalias %values", "i64 %n", "i32 %low", "i32 %shift",
+                                        "i32 %binmask", "i64 %selshift", "i64 %select",
+                                        "i64 %bins", "ptr noalias %hist"], body)
 
 
 def tied_counts_ir(bf16: bool) -> str:
@@ -482,8 +332,8 @@ def tied_counts_ir(bf16: bool) -> str:
     args = ["ptr noalias %base", "ptr noalias %expert", "ptr noalias %out", "i32 %bits",
             "i64 %n"]
 
-    def body(e: _Emitter, w: int, idx: str, s: dict, acc: dict) -> dict:
-        F, I = _vec(w, "float"), _vec(w, "i32")
+    def body(e: Emitter, w: int, idx: str, s: dict, acc: dict) -> dict:
+        F, I = vec(w, "float"), vec(w, "i32")
         x = e(f"fsub {F} {e.load(w, bf16, '%expert', idx)}, {e.load(w, bf16, '%base', idx)}")
         tied = e(f"icmp eq {I} {e.magnitude(w, x)}, {e.splat(w, 'i32', '%bits')}")
         if w == 1:
@@ -497,5 +347,5 @@ def tied_counts_ir(bf16: bool) -> str:
         e.lines.append(f"  store i32 {total}, ptr {slot}, align 4")
         return {}
 
-    return _function(f"mz_tied_counts_{'b' if bf16 else 'f'}", "void", args, lambda e: {}, {},
-                     lambda e: {}, body, lambda e, final, start: "")
+    return vector_loop(f"mz_tied_counts_{'b' if bf16 else 'f'}", "void", args, lambda e: {},
+                       {}, body, lambda e, final: "")

@@ -70,7 +70,10 @@ def _code():
 @functools.cache
 def _source_key() -> str:
     """Changes whenever the kernels' generator changes: part of their cache key."""
-    return hashlib.sha256(Path(__file__).with_name("kernel_code.py").read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for name in ("ir.py", "kernel_code.py"):
+        digest.update(Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()
 
 
 MODES = ("auto", "fused", "eager")
@@ -163,9 +166,9 @@ class Combine:
 
     Per expert: `weight`; `trim` (per slice, or one row for all slices) one of KEEP_ALL,
     HARDSHRINK (|x| > thr keeps x, else +0), TOP_K_TIES (x times [|x| > thr, or |x| == thr for
-    the slice's first `ties[slice]` such entries]), AT_LEAST (x times [|x| >= thr]); `drop_below` >= 0 turns on DARE's random drop
-    (keep where the entry's lane is below it, lanes from `drop_key`), then divide by `rescale`
-    when it is > 0. Then `sign` election, `normalize` (linear: divide by `total`; with a sign
+    the slice's first `ties[slice]` such entries]), AT_LEAST (x times [|x| >= thr]);
+    `drop_below` >= 0 turns on DARE's random drop (keep where the entry's lane is below it,
+    lanes from `drop_key`), then divide by `rescale` when it is > 0. Then `sign` election, `normalize` (linear: divide by `total`; with a sign
     rule: by the agreeing weights, floored as `divisor_floor` says), times `lam` and `scale`,
     plus the base when `add_base`. Build one with `linear` or `disjoint`, then `trimmed` /
     `dropped`.

@@ -4,6 +4,10 @@ method's fused form gives the bytes of its torch function is in test_slicing.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +104,46 @@ def test_strided_magnitudes_match_the_torch_task_vector():
     for part in (slice(0, 10_000, 7), slice(3, 9_000, 250), slice(0, 10_000)):
         got = kernels.magnitudes(_bf16(base), _bf16(expert), part)
         assert got.tolist() == want[part].tolist()
+
+
+def test_radix_selection_matches_a_sort():
+    g = np.random.default_rng(0)
+    for trial in range(60):
+        size = int(g.integers(1, 20_000))
+        values = np.abs(g.standard_normal(size).astype(np.float32) * [1e-3, 1.0, 1e30][trial % 3])
+        values = values.view(np.int32)
+        if trial % 4 == 0:  # few distinct values, as bf16 task vectors near a cut
+            values = (values // 4099) * 4099
+        if trial % 5 == 0:  # any int32, negative ones too
+            values = g.integers(-2**31, 2**31, size).astype(np.int32)
+        ranks = sorted({1, size, *g.integers(1, size + 1, 3).tolist()})
+        want = [int(v) for v in np.sort(values)[np.asarray(ranks) - 1]]
+        assert kernels.kth_smallest(values, ranks) == want
+        assert kernels.kth_smallest(values, ranks, int(values.min()), int(values.max())) == want
+
+
+def test_kernels_compile_once_into_the_cache_and_survive_a_damaged_entry(tmp_path):
+    """A kernel is compiled once and its object code cached; a later process loads it; a
+    damaged cache entry is compiled again, not loaded (LLVM would crash on it)."""
+    script = ("import numpy as np, torch; from mergezoo.merge import kernels; "
+              "plan = kernels.Combine.linear([1.0, 2.0]); a = np.ones(37, np.float32); "
+              "out = np.empty(37, np.float32); "
+              "assert kernels.merge_slice(plan, a, [a, 2 * a], out, offset=0); "
+              "print(out[0], out[36])")
+    env = {**os.environ, "MERGEZOO_KERNEL_CACHE": str(tmp_path)}
+
+    def run() -> str:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run() == ["3.0", "3.0"]  # base 1, task vectors 0 and 1: 1 + 1 * 0 + 2 * 1
+    cached = sorted(tmp_path.glob("mz_merge2_*.o"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert run() == ["3.0", "3.0"]
+    assert cached[0].stat().st_mtime_ns == stamp  # loaded, not compiled again
+    cached[0].write_bytes(cached[0].read_bytes()[:100] + b"damaged")
+    assert run() == ["3.0", "3.0"]
+    assert cached[0].read_bytes()[-7:] != b"damaged"

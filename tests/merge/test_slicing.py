@@ -20,40 +20,41 @@ SHAPE = (700, 1000)  # 2.7 slices of CHUNK entries
 N_MODELS = 3
 
 
-def _inputs(seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _inputs(seed: int = 0, n_models: int = N_MODELS,
+            shape: tuple[int, int] = SHAPE) -> tuple[torch.Tensor, list[torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    base = torch.randn(SHAPE, generator=g).to(torch.bfloat16)
+    base = torch.randn(shape, generator=g).to(torch.bfloat16)
     # Task vectors on a coarse grid: a few distinct magnitudes, so many entries tie.
-    models = [(base.float() + 0.25 * torch.randint(-4, 5, SHAPE, generator=g)).to(torch.bfloat16)
-              for _ in range(N_MODELS)]
+    models = [(base.float() + 0.25 * torch.randint(-4, 5, shape, generator=g)).to(torch.bfloat16)
+              for _ in range(n_models)]
     return base, models
 
 
-def _seeds(spec) -> list[int] | None:
-    return [0xC0FFEE + 17 * i for i in range(N_MODELS)] if spec.random else None
+def _seeds(spec, n_models: int = N_MODELS) -> list[int] | None:
+    return [0xC0FFEE + 17 * i for i in range(n_models)] if spec.random else None
 
 
 def _sliced(spec, kwargs, base, models, workers: int, *, fused: bool = False,
             out_dtype: torch.dtype = torch.float32, state=None) -> torch.Tensor:
     uses_base = bool(spec.needs.base)
     inputs = ([base] if uses_base else []) + models
-    out = torch.empty(SHAPE, dtype=out_dtype)
+    out = torch.empty(base.shape, dtype=out_dtype)
     scratch = [new_scratch(len(inputs), torch.float32) for _ in range(workers)]
     with ThreadPoolExecutor(workers) as pool:
         view = SlicedTensor("w", inputs, has_base=uses_base, pool=pool if workers > 1 else None,
                             fused=fused)
         assert len(view.parts) == 3
         assert (view.arrays is not None) == fused
-        assert merge_sliced(spec, kwargs, view, out, seeds=_seeds(spec), state=state,
-                            scratch=scratch)
+        assert merge_sliced(spec, kwargs, view, out, seeds=_seeds(spec, len(models)),
+                            state=state, scratch=scratch)
     return out
 
 
 def _whole(spec, kwargs, base, models, state=None) -> torch.Tensor:
     """The method's torch function on the whole tensors: the reference."""
     whole_in = MergeInputs(key="w", base=base.float() if spec.needs.base else None,
-                           models=[m.float() for m in models], seeds=_seeds(spec), state=state,
-                           owned=True)
+                           models=[m.float() for m in models], seeds=_seeds(spec, len(models)),
+                           state=state, owned=True)
     whole = spec.fn(whole_in, **kwargs)
     return whole + base.float() if spec.returns == "delta" else whole
 
@@ -102,6 +103,22 @@ def test_fused_kernels_give_the_bytes_of_the_torch_functions(method, params, out
         got = _sliced(spec, kwargs, base, models, workers, fused=True, out_dtype=out_dtype,
                       state=state)
         assert torch.equal(got, expected), f"{method} {params}, {workers} thread(s)"
+
+
+@pytest.mark.parametrize("n_models", [1, 5, 9])
+@pytest.mark.parametrize("method,params", [("ties", {"density": 0.35}),
+                                           ("dare_ties", {"density": 0.5}),
+                                           ("task_arithmetic", {"lambda": 0.9})])
+def test_fused_kernels_for_any_number_of_experts_and_any_length(method, params, n_models):
+    """The kernels are generated per number of experts and run 16 entries at a time, then one
+    at a time: odd counts and a length that is no multiple of 16 give the torch bytes too."""
+    pytest.importorskip("llvmlite")
+    spec = get_method(method)
+    base, models = _inputs(n_models, n_models, shape=(701, 999))
+    kwargs = spec.resolve(params, [], n_models)
+    expected = _whole(spec, kwargs, base, models).to(torch.bfloat16)
+    got = _sliced(spec, kwargs, base, models, 2, fused=True, out_dtype=torch.bfloat16)
+    assert torch.equal(got, expected)
 
 
 def test_random_drop_draws_by_entry_index_whatever_the_slicing():
