@@ -20,9 +20,11 @@ EPILOG = """examples:
 
 environment:
   OMP_NUM_THREADS     compute threads (results are identical for any count)
-  MERGEZOO_KERNELS    auto (default): fused CPU kernels (LLVM, via llvmlite) when the merge is large enough
-                      to win back loading them (~0.1 s); fused: always; eager: never.
-                      Outputs are byte-identical either way. --kernels sets it too."""
+  MERGEZOO_KERNELS    auto (default): fused CPU kernels (LLVM, via llvmlite) when the merge is
+                      large enough to win back loading them (~0.1 s); fused: always; eager:
+                      never. Outputs are byte-identical either way. --kernels sets it too.
+  MERGEZOO_KERNEL_CACHE
+                      where compiled kernels are kept (default ~/.cache/mergezoo/kernels)"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
