@@ -32,6 +32,7 @@ from typing import Callable
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
+_machine_lock = threading.Lock()
 _functions: dict[str, Callable] = {}
 
 
@@ -44,9 +45,15 @@ def cache_dir() -> Path:
     return Path(root) / "mergezoo" / "kernels"
 
 
-@functools.cache
 def _machine():
-    """llvmlite, a target machine for this CPU and a JIT engine to load object code into."""
+    """llvmlite, a target machine for this CPU and the JIT engine the kernels live in: one per
+    process (made under a lock: a second engine would free the first one's code)."""
+    with _machine_lock:
+        return _make_machine()
+
+
+@functools.cache
+def _make_machine():
     import llvmlite.binding as ll
 
     ll.initialize_native_target()
