@@ -41,7 +41,10 @@ def cache_dir() -> Path:
     `$XDG_CACHE_HOME/mergezoo/kernels` (`~/.cache/mergezoo/kernels`)."""
     if os.environ.get("MERGEZOO_KERNEL_CACHE"):
         return Path(os.environ["MERGEZOO_KERNEL_CACHE"])
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no home directory (some containers)
+        root = Path(tempfile.gettempdir())
     return Path(root) / "mergezoo" / "kernels"
 
 
