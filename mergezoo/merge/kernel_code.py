@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 from mergezoo.merge.ir import (W, Acc, Emitter, add_reduce, f32, or_reduce, scalar_loop, vec,
                                vector_loop)
+from mergezoo.merge.kernels import NO_SIGN, SIGN_SUM
 from mergezoo.merge.ops import GOLDEN
+
 EXPONENT = 0x7F800000  # float32 magnitude bits from which a value is Inf or NaN
 BF16_LIMIT = 0x7F7F8000  # float32 magnitude bits that round to bf16 Inf
-NO_SIGN, SIGN_SUM, SIGN_COUNT = 0, 1, 2
 
 
 @dataclass(frozen=True)

@@ -259,9 +259,10 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
                                  out.dtype == np.uint16, add_base)
     if (plan.trim[row] == TOP_K_TIES).any():  # the slice's tied entries kept: where they end
         ints = ints.copy()
+        ni = len(_code().EXPERT_INTS)  # (keep_above, tie_end, ...) per expert
         for i in np.flatnonzero(plan.trim[row] == TOP_K_TIES):
-            ints[4 * i + 1] = _after_tie(base, experts[i], int(ints[4 * i]),
-                                         int(plan.ties[row, i]))
+            ints[ni * i + 1] = _after_tie(base, experts[i], int(ints[ni * i]),
+                                          int(plan.ties[row, i]))
     bad = fn(out.ctypes.data, (base if add_base else experts[0]).ctypes.data,
              *[e.ctypes.data for e in experts], floats.ctypes.data, ints.ctypes.data, n, offset)
     return not bad
@@ -295,9 +296,10 @@ def _settings(plan: Combine, row: int, bf16_in: bool, bf16_out: bool,
         return plan._prepared[key]
     code = _code()
     rules, n = plan.trim[row], len(plan.weight)
-    floats = np.zeros(len(code.GLOBAL_FLOATS) + 6 * n, np.float32)
-    floats[:4] = plan.lam, plan.scale, plan.total, plan.divisor_floor
-    ints = np.zeros(4 * n, np.int64)
+    g, nf, ni = len(code.GLOBAL_FLOATS), len(code.EXPERT_FLOATS), len(code.EXPERT_INTS)
+    floats = np.zeros(g + nf * n, np.float32)
+    floats[:g] = plan.lam, plan.scale, plan.total, plan.divisor_floor
+    ints = np.zeros(ni * n, np.int64)
     normalize = plan.normalize if plan.sign != NO_SIGN else plan.total != 1.0
     for i in range(n):
         w = np.float32(plan.weight[i])
@@ -309,13 +311,14 @@ def _settings(plan: Combine, row: int, bf16_in: bool, bf16_out: bool,
         keep_above = {KEEP_ALL: -1, HARDSHRINK: bits, TOP_K_TIES: bits,
                       AT_LEAST: bits - 1 if bits >= 0 else -1}[int(rules[i])]
         dropping = plan.drop_below[i] >= 0
-        ints[4 * i:4 * i + 4] = (keep_above, 0, plan.drop_below[i] if dropping else 1 << 16,
-                                 plan.drop_key[i] & 0xFFFFFFFF)
-        floats[4 + 6 * i:10 + 6 * i] = (
+        ints[ni * i:ni * (i + 1)] = (keep_above, 0,
+                                     plan.drop_below[i] if dropping else 1 << 16,
+                                     plan.drop_key[i] & 0xFFFFFFFF)
+        floats[g + nf * i:g + nf * (i + 1)] = (
             w, abs(w), -1.0 if w < 0 else 1.0, w if plan.normalize else 0.0,
             0.0 if rules[i] == HARDSHRINK else -0.0,  # hardshrink makes -0 +0
             plan.rescale[i] if plan.rescale[i] > 0 else 1.0)
-    spec = _code().MergeSpec(
+    spec = code.MergeSpec(
         n_models=n, bf16_in=bf16_in, bf16_out=bf16_out, add_base=add_base,
         trim=bool((rules != KEEP_ALL).any()), ties=bool((rules == TOP_K_TIES).any()),
         drop=bool((plan.drop_below >= 0).any()), rescale=bool((plan.rescale > 0).any()),
