@@ -34,7 +34,7 @@ from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
 from mergezoo.merge import kernels
 from mergezoo.merge.buffers import BufferRing
 from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
-from mergezoo.merge.registry import MergeInputs, MergeMethod, get_method
+from mergezoo.merge.registry import MergeInputs, MergeMethod, ModelStream, get_method
 from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
 from mergezoo.merge.threads import torch_threads
 from mergezoo.merge.sources import TensorSource
@@ -217,9 +217,16 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                        if i + 1 < len(order) else None)
             yield key, tensors
 
-    def stream() -> Iterator[MergeInputs]:
+    def whole_tensors() -> Iterator[MergeInputs]:
         for key, tensors in prefetched(float_keys, whole=True):
             yield merger.inputs(key, tensors)
+
+    def tensor_views() -> Iterator[SlicedTensor]:
+        for key, tensors in prefetched(float_keys, whole=False):
+            yield merger.view(key, tensors)
+
+    stream = ModelStream(whole_tensors, tensor_views if sliced else None,
+                         entries=sum(math.prod(plan[k][0]) for k in float_keys))
 
     start = time.perf_counter()
     # Slice-by-slice merging runs each operation on one intra-op thread (see `torch_threads`)
@@ -322,6 +329,11 @@ class _TensorMerger:
                            seeds=self.seeds(key, len(models)),
                            state=self.state, owned=True)
 
+    def view(self, key: str, tensors: list[torch.Tensor]) -> SlicedTensor:
+        """One tensor of every input, to merge slice by slice (see `SlicedTensor`)."""
+        return SlicedTensor(key, tensors, has_base=self.use_base, dtype=self.dtype,
+                            pool=self.pool, fused=self.fused)
+
     def merge(self, key: str, tensors: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
         """Merge one tensor into `out` (a CPU buffer of the output's shape and dtype)."""
         if not tensors[0].is_floating_point():  # integer buffers are copied from the reference
@@ -333,8 +345,7 @@ class _TensorMerger:
                 if self.scratch is None:  # a buffer set per compute thread
                     self.scratch = [new_scratch(len(tensors), self.dtype)
                                     for _ in range(self.workers)]
-                view = SlicedTensor(key, tensors, has_base=self.use_base, dtype=self.dtype,
-                                    pool=self.pool, fused=self.fused)
+                view = self.view(key, tensors)
                 finite = merge_sliced(self.spec, hp, view, out, state=self.state, scale=scale,
                                       seeds=self.seeds(key, view.n_models), scratch=self.scratch)
             else:

@@ -1,10 +1,14 @@
 """Whole-model magnitude thresholds for TIES trimming over every tensor at once.
 
 The paper's code trims each task vector to its top-k entries over the *whole model*. Holding a
-whole task vector in memory defeats streaming, so the exact k-th largest magnitude is found by
-radix selection in two streaming passes: the bit pattern of a non-negative float32 orders like
-the float, so a histogram of the high 16 bits finds the bucket holding the threshold, and a
-histogram of the low 16 bits inside that bucket finds it exactly.
+whole task vector in memory defeats streaming, so the exact k-th largest magnitude is found in
+two streaming passes. Where the engine merges slice by slice with the fused kernels, the first
+pass samples every tensor's task vectors (a fixed stride over the whole model) to bracket the
+threshold, and the second counts the entries above each bracket and gathers those inside it
+(`kernels.band_scan`, a few tenths of a percent), among which a selection finds it. Elsewhere,
+or when a bracket misses: radix selection, since the bit pattern of a non-negative float32
+orders like the float: a histogram of the high 16 bits finds the bucket holding the
+threshold, and a histogram of the low 16 bits inside that bucket finds it exactly.
 
 Example:
     >>> thresholds = magnitude_thresholds(stream, densities=[0.2, 0.2])   # doctest: +SKIP
@@ -14,16 +18,25 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
-from mergezoo.merge.ops import BUCKETS, bucket_of_kth, kept_count, magnitude_bits
+from mergezoo.merge import kernels
+from mergezoo.merge.ops import BUCKETS, bracket, bucket_of_kth, kept_count, magnitude_bits
 from mergezoo.merge.registry import MergeInputs
+
+SAMPLE = 1 << 20  # entries per expert in the whole-model sample that brackets a threshold
 
 
 def magnitude_thresholds(stream: Callable[[], Iterable[MergeInputs]],
                          density: list[float]) -> list[float]:
     """Per expert, the magnitude of its k-th largest task-vector entry over the whole model,
-    k = int(density * number of entries). `stream()` yields every mergeable tensor once."""
+    k = int(density * number of entries). `stream()` yields every mergeable tensor once (a
+    `registry.ModelStream`: with `views`, the fused kernels' bracketed pass is tried first)."""
+    if getattr(stream, "views", None) is not None:
+        found = _bracketed(stream.views, stream.entries, density)
+        if found is not None:
+            return found
     n = len(density)
     high = [torch.zeros(BUCKETS, dtype=torch.int64) for _ in range(n)]
     total = 0
@@ -44,4 +57,42 @@ def magnitude_thresholds(stream: Callable[[], Iterable[MergeInputs]],
         low_bits, _ = bucket_of_kth(h, rank)
         pattern = torch.tensor([(bucket << 16) | low_bits], dtype=torch.int64).to(torch.int32)
         thresholds.append(float(pattern.view(torch.float32)))
+    return thresholds
+
+
+def _bracketed(views: Callable[[], Iterable], entries: int,
+               density: list[float]) -> list[float] | None:
+    """`magnitude_thresholds` from a strided sample's bracket and one fused pass that counts
+    above it and gathers within it; None where the kernels do not read the inputs or a
+    bracket misses (the caller then runs the radix passes)."""
+    ks = [kept_count(entries, rho) for rho in density]
+    if not all(0 < k < entries for k in ks):
+        return None
+    stride = max(1, entries // SAMPLE)
+    samples: list[list[np.ndarray]] = [[] for _ in ks]
+    for view in views():
+        if view.arrays is None or not view.has_base:
+            return None
+        for i, sample in enumerate(samples):
+            sample.append(view.magnitude_bits(i)(slice(0, view.n, stride)).numpy())
+    brackets = [bracket(torch.from_numpy(np.concatenate(s)), entries, k)
+                for s, k in zip(samples, ks)]
+    lows, highs = [b[0] for b in brackets], [b[1] for b in brackets]
+    above, bands = [0] * len(ks), [[] for _ in ks]
+    for view in views():
+        base, models = view.arrays[0], view.arrays[1:]
+        scans = view.map(lambda part: kernels.band_scan(base[part], [m[part] for m in models],
+                                                        lows, highs), view.parts)
+        for scanned in scans:
+            for i, (count, band) in enumerate(scanned):
+                above[i] += count
+                bands[i].append(band)
+    thresholds = []
+    for i, k in enumerate(ks):
+        band = np.concatenate(bands[i])
+        need = k - above[i]
+        if not 0 < need <= band.size:
+            return None
+        bits, = kernels.kth_smallest(band, [band.size - need + 1], lows[i], highs[i])
+        thresholds.append(float(np.int32(bits).view(np.float32)))
     return thresholds

@@ -65,6 +65,21 @@ class Interval:
 
 
 @dataclass
+class ModelStream:
+    """What a method's `prepare` pass reads. Calling it yields every mergeable tensor once, as
+    `MergeInputs`. Where the engine merges slice by slice on CPU, `views()` yields them instead
+    as `slicing.SlicedTensor` views of the inputs in their own dtype (no copy, the fused
+    kernels read them), else `views` is None. `entries`: how many entries each model has."""
+
+    inputs: Callable[[], Any]
+    views: Callable[[], Any] | None = None
+    entries: int = 0
+
+    def __call__(self):
+        return self.inputs()
+
+
+@dataclass
 class MergeInputs:
     """Everything a method sees for one tensor, already on the compute device and dtype."""
 
@@ -164,7 +179,9 @@ class MergeMethod:
     grid: dict[str, list]
     hyperparameters: dict[str, Hyperparameter]
     returns: Literal["delta", "weights"]  # a merged task vector, or merged weights
-    prepare: Callable | None = None  # a first pass over all tensors (global statistics)
+    # prepare(stream, kwargs): a first pass over all tensors (global statistics); `stream`
+    # is a `ModelStream` (or any callable yielding `MergeInputs`).
+    prepare: Callable | None = None
     random: bool = False
     # The merged value at each position depends only on the inputs at that position (given the
     # `prepare` and `per_tensor` states), so on CPU the engine merges each tensor slice by

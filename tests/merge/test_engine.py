@@ -351,6 +351,7 @@ def test_progress_bar_can_be_quiet(toy_zoo, capsys):
 
 
 @pytest.mark.parametrize("method,params", [("ties", {"density": 0.3}),
+                                           ("ties", {"density": 0.3, "trim_scope": "model"}),
                                            ("dare_ties", {"density": 0.5}),
                                            ("dare_linear", {"density": 0.4, "lambda": 0.9}),
                                            ("average", {}),
@@ -383,9 +384,36 @@ def test_slice_by_slice_merge_is_the_same_on_any_number_of_threads(tmp_path, mon
     finally:
         torch.set_num_threads(previous)
     assert all(sha == shas[0] for sha in shas[1:])
-    if method == "ties":
+    if method == "ties" and "trim_scope" not in params:
         merged = load_folder(tmp_path / "out1eager")["big.weight"].float()
         ref = call_method("ties", base["big.weight"].float(),
                           [load_folder(e)["big.weight"].float() for e in experts],
                           params=params)
         assert torch.equal(merged, ref.to(torch.bfloat16).float())
+
+
+def test_whole_model_ties_thresholds_from_a_sampled_bracket_are_exact(tmp_path, monkeypatch):
+    """TIES trimming over the whole model, with the fused kernels: thresholds from a strided
+    sample's bracket and one gathering pass (`global_trim._bracketed`) are the exact k-th
+    largest magnitudes that the radix passes find, so the merge is byte-identical."""
+    from mergezoo.merge import global_trim, kernels as fused_kernels
+
+    g = torch.Generator().manual_seed(5)
+    base = {f"layer{i}.weight": torch.randn(300 + 40 * i, 257, generator=g).to(torch.bfloat16)
+            for i in range(4)}
+    save_model(tmp_path / "base", base)
+    experts = [save_model(tmp_path / f"e{j}", {
+        k: (v.float() + s * torch.randint(-4, 5, v.shape, generator=g)).to(v.dtype)
+        for k, v in base.items()}) for j, s in enumerate((0.25, 0.5, 0.125))]
+    monkeypatch.setattr(global_trim, "SAMPLE", 5000)  # a strided sample, not every entry
+    scans = []
+    real_scan = fused_kernels.band_scan
+    monkeypatch.setattr(fused_kernels, "band_scan", lambda *a: scans.append(1) or real_scan(*a))
+    shas = {}
+    for mode in ("eager", "fused"):
+        monkeypatch.setenv("MERGEZOO_KERNELS", mode)
+        shas[mode] = merge_models("ties", experts, base=tmp_path / "base",
+                                  out_dir=tmp_path / mode, progress=False,
+                                  params={"density": 0.2, "trim_scope": "model"}).sha256
+    assert scans  # the fused merge took the bracketed pass
+    assert shas["fused"] == shas["eager"]
