@@ -30,9 +30,10 @@ BF16_LIMIT = 0x7F7F8000  # float32 magnitude bits that round to bf16 Inf
 @dataclass(frozen=True)
 class MergeSpec:
     """What a merge kernel does (see `kernels.Combine`): `trim` by a magnitude threshold per
-    expert (`ties`: and the tied entries before a position), `drop` (DARE's random drop,
-    `rescale` after it), the `sign` rule, `normalize` (linear: divide by the total weight; with
-    a sign rule: by the agreeing weights, `floor`-clamped or not), `add_base`."""
+    expert (`ties`: and the tied entries before a position; `outliers`: less those above a
+    second threshold, `top_ties`: and its tied entries before a position), `drop` (DARE's
+    random drop, `rescale` after it), the `sign` rule, `normalize` (linear: divide by the total
+    weight; with a sign rule: by the agreeing weights, `floor`-clamped or not), `add_base`."""
 
     n_models: int
     bf16_in: bool
@@ -40,6 +41,8 @@ class MergeSpec:
     add_base: bool
     trim: bool
     ties: bool
+    outliers: bool
+    top_ties: bool
     drop: bool
     rescale: bool
     sign: int
@@ -48,9 +51,9 @@ class MergeSpec:
 
     @property
     def name(self) -> str:
-        flags = "".join(c for c, on in zip("atTdrnf", (
-            self.add_base, self.trim, self.ties, self.drop, self.rescale, self.normalize,
-            self.floor)) if on)
+        flags = "".join(c for c, on in zip("atToOdrnf", (
+            self.add_base, self.trim, self.ties, self.outliers, self.top_ties, self.drop,
+            self.rescale, self.normalize, self.floor)) if on)
         return (f"mz_merge{self.n_models}_{'b' if self.bf16_in else 'f'}"
                 f"{'b' if self.bf16_out else 'f'}_s{self.sign}_{flags}")
 
@@ -58,7 +61,8 @@ class MergeSpec:
 # The float settings of a merge kernel, then per expert; the integer ones per expert.
 GLOBAL_FLOATS = ("lam", "scale", "total", "floor")
 EXPERT_FLOATS = ("weight", "abs_weight", "flip", "count", "zero", "rescale")
-EXPERT_INTS = ("keep_above", "tie_end", "drop_below", "drop_key")
+EXPERT_INTS = ("keep_above", "tie_end", "drop_below", "drop_key", "top_above",
+               "top_tie_end")
 
 
 def merge_ir(spec: MergeSpec) -> str:
@@ -77,16 +81,26 @@ def merge_ir(spec: MergeSpec) -> str:
                 s[f"{name}{i}"] = ("float", e.param("%fp", "float",
                                                     len(GLOBAL_FLOATS) + 6 * i + k))
             for k, name in enumerate(EXPERT_INTS):
-                v = e.param("%ip", "i64", 4 * i + k)
-                s[f"{name}{i}"] = ("i64", v) if name == "tie_end" else \
+                v = e.param("%ip", "i64", len(EXPERT_INTS) * i + k)
+                s[f"{name}{i}"] = ("i64", v) if name.endswith("tie_end") else \
                     ("i32", e(f"trunc i64 {v} to i32"))
         return s
 
     def body(e: Emitter, w: int, idx: str, s: dict, acc: dict) -> dict:
         F, I, B = vec(w, "float"), vec(w, "i32"), vec(w, "i1")
         b = e.load(w, spec.bf16_in, "%base", idx) if spec.add_base else None
-        if spec.ties:
+        if spec.ties or spec.top_ties:
             position = e(f"add {vec(w, 'i64')} {e.splat(w, 'i64', idx)}, {e.lanes(w, 'i64')}")
+
+        def above(m: str, cut: str, tie_end: str | None) -> str:
+            # |x| > cut, or == cut before the slice's tie_end (the tied entries kept)
+            keep = e(f"icmp sgt {I} {m}, {cut}")
+            if tie_end is None:
+                return keep
+            tied = e(f"icmp eq {I} {m}, {cut}")
+            early = e(f"icmp slt {vec(w, 'i64')} {position}, {tie_end}")
+            return e(f"or {B} {keep}, {e(f'and {B} {tied}, {early}')}")
+
         if spec.drop:
             first = e(f"add i64 %offset, {idx}")
             first = e(f"trunc i64 {first} to i32")
@@ -97,12 +111,13 @@ def merge_ir(spec: MergeSpec) -> str:
             if spec.add_base:
                 y = e(f"fsub {F} {y}, {b}")
             if spec.trim:
-                m, cut = e.magnitude(w, y), s[f"keep_above{i}"]
-                keep = e(f"icmp sgt {I} {m}, {cut}")
-                if spec.ties:  # the tied entries before the slice's tie_end are kept too
-                    tied = e(f"icmp eq {I} {m}, {cut}")
-                    early = e(f"icmp slt {vec(w, 'i64')} {position}, {s[f'tie_end{i}']}")
-                    keep = e(f"or {B} {keep}, {e(f'and {B} {tied}, {early}')}")
+                m = e.magnitude(w, y)
+                keep = above(m, s[f"keep_above{i}"], s[f"tie_end{i}"] if spec.ties else None)
+                if spec.outliers:  # less the entries of the outlier cut
+                    top = above(m, s[f"top_above{i}"],
+                                s[f"top_tie_end{i}"] if spec.top_ties else None)
+                    outside = e(f"xor {B} {top}, {e.const(w, 'i1', 'true')}")
+                    keep = e(f"and {B} {keep}, {outside}")
                 y = e(f"fmul {F} {y}, {e.as_float(w, keep)}")
                 y = e(f"fadd {F} {y}, {s[f'zero{i}']}")  # +0 (hardshrink: -0 becomes +0), or -0
             if spec.drop:

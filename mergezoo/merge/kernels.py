@@ -188,7 +188,13 @@ class Combine:
     lam: float = 1.0
     scale: float = 1.0
     add_base: bool = True
-    # A kernel and its settings per (trim row, dtypes, base), made once (see `_settings`).
+    # Breadcrumbs' outlier cut, as `trim`/`thr`/`ties` (KEEP_ALL here: no outliers): the
+    # entries this cut would keep are dropped. None: no outlier cut.
+    top_trim: np.ndarray | None = None
+    top_thr: np.ndarray | None = None
+    top_ties: np.ndarray | None = None
+    mask_zero: bool = False  # trims multiply by a 0/1 mask (never hardshrink's +0)
+    # A kernel and its settings per (trim rows, dtypes, base), made once (see `_settings`).
     _prepared: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -218,17 +224,20 @@ class Combine:
         """With a trim rule and threshold per expert. A TOP_K_TIES expert's `ties[i]` and
         `equal[i]` say, per slice, how many of the entries equal to the threshold it keeps,
         of how many: a slice that keeps none of them trims as HARDSHRINK, one that keeps all
-        as AT_LEAST (both vectorize); only a slice that keeps some runs the positional loop."""
-        n_slices = max((len(t) for t in ties or [] if t), default=1)
-        table = np.zeros((n_slices, len(rules)), np.int64)
-        trim = np.tile(np.asarray(rules, np.int64), (n_slices, 1))
-        for i, per_slice in enumerate(ties or []):
-            if per_slice:
-                kept, of = np.asarray(per_slice), np.asarray(equal[i])
-                table[:, i] = kept
-                trim[:, i] = np.where(kept <= 0, HARDSHRINK,
-                                      np.where(kept >= of, AT_LEAST, TOP_K_TIES))
+        as AT_LEAST; one that keeps some keeps those before the index where its kept ones end
+        (`merge_slice` finds it)."""
+        trim, table = _rule_table(rules, ties, equal)
         return replace(self, trim=trim, thr=np.asarray(thresholds, np.float32), ties=table)
+
+    def without_outliers(self, rules: list[int], thresholds: list[float],
+                         ties: list[list[int] | None] | None = None,
+                         equal: list[list[int] | None] | None = None) -> "Combine":
+        """Also drop, per expert, the entries a second cut keeps (rules as `trimmed`;
+        KEEP_ALL: no outlier cut for that expert), with trims that only multiply by a mask
+        (Breadcrumbs: the top k of the trim, less the top `k_top` of this cut)."""
+        trim, table = _rule_table(rules, ties, equal)
+        return replace(self, top_trim=trim, top_thr=np.asarray(thresholds, np.float32),
+                       top_ties=table, mask_zero=True)
 
     def dropped(self, densities: list[float], keys: list[int], rescale: bool) -> "Combine":
         """With DARE's random drop (an expert with density >= 1 keeps everything)."""
@@ -238,6 +247,21 @@ class Combine:
             drop_key=np.asarray(keys, np.int64),
             rescale=np.asarray([d if k and rescale else 0 for d, k in zip(densities, keep)],
                                np.float32))
+
+
+def _rule_table(rules: list[int], ties: list[list[int] | None] | None,
+                equal: list[list[int] | None] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Trim rules and kept tied counts, per slice ([slices or 1, experts]), see `trimmed`."""
+    n_slices = max((len(t) for t in ties or [] if t), default=1)
+    table = np.zeros((n_slices, len(rules)), np.int64)
+    trim = np.tile(np.asarray(rules, np.int64), (n_slices, 1))
+    for i, per_slice in enumerate(ties or []):
+        if per_slice:
+            kept, of = np.asarray(per_slice), np.asarray(equal[i])
+            table[:, i] = kept
+            trim[:, i] = np.where(kept <= 0, HARDSHRINK,
+                                  np.where(kept >= of, AT_LEAST, TOP_K_TIES))
+    return trim, table
 
 
 def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray],
@@ -254,15 +278,19 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
         raise ValueError("merge_slice: the inputs and the output must be contiguous 1-D "
                          f"arrays of {n} entries, the inputs of one dtype")
     row = slice_index if plan.trim.shape[0] > 1 else 0  # `trim` and `ties` share their rows
+    top = plan.top_trim
+    top_row = slice_index if top is not None and top.shape[0] > 1 else 0
     add_base = plan.add_base and base is not None
-    fn, floats, ints = _settings(plan, row, experts[0].dtype == np.uint16,
+    fn, floats, ints = _settings(plan, row, top_row, experts[0].dtype == np.uint16,
                                  out.dtype == np.uint16, add_base)
-    if (plan.trim[row] == TOP_K_TIES).any():  # the slice's tied entries kept: where they end
-        ints = ints.copy()
-        ni = len(_code().EXPERT_INTS)  # (keep_above, tie_end, ...) per expert
-        for i in np.flatnonzero(plan.trim[row] == TOP_K_TIES):
-            ints[ni * i + 1] = _after_tie(base, experts[i], int(ints[ni * i]),
-                                          int(plan.ties[row, i]))
+    ni = len(_code().EXPERT_INTS)  # (keep_above, tie_end, ..., top_above, top_tie_end)
+    for rules, ties, r, at in [(plan.trim, plan.ties, row, 0), (top, plan.top_ties, top_row, 4)]:
+        if rules is not None and (rules[r] == TOP_K_TIES).any():
+            # The slice keeps some of its tied entries, the first ones: where they end.
+            ints = ints.copy()
+            for i in np.flatnonzero(rules[r] == TOP_K_TIES):
+                ints[ni * i + at + 1] = _after_tie(base, experts[i], int(ints[ni * i + at]),
+                                                   int(ties[r, i]))
     bad = fn(out.ctypes.data, (base if add_base else experts[0]).ctypes.data,
              *[e.ctypes.data for e in experts], floats.ctypes.data, ints.ctypes.data, n, offset)
     return not bad
@@ -287,11 +315,21 @@ def _after_tie(base: np.ndarray, expert: np.ndarray, bits: int, count: int) -> i
     return first + int(tied[count - 1]) + 1
 
 
-def _settings(plan: Combine, row: int, bf16_in: bool, bf16_out: bool,
+def _keep_above(rule: int, threshold: float) -> int:
+    """A trim rule as the magnitude bits above which an entry is kept (see `Combine`)."""
+    t = np.float32(threshold)
+    bits = int(np.abs(t).view(np.int32)) if t >= 0 else -1  # (-0: 0; NaN: keeps none)
+    if np.isnan(t):
+        bits = 0x7FFFFFFF
+    return {KEEP_ALL: -1, HARDSHRINK: bits, TOP_K_TIES: bits,
+            AT_LEAST: bits - 1 if bits >= 0 else -1}[int(rule)]
+
+
+def _settings(plan: Combine, row: int, top_row: int, bf16_in: bool, bf16_out: bool,
               add_base: bool) -> tuple:
-    """The kernel for one trim row of `plan`, and its float and integer settings (the layout
-    of `kernel_code.merge_ir`), made once per plan."""
-    key = (row, bf16_in, bf16_out, add_base)
+    """The kernel for one trim row (and outlier row) of `plan`, and its float and integer
+    settings (the layout of `kernel_code.merge_ir`), made once per plan."""
+    key = (row, top_row, bf16_in, bf16_out, add_base)
     if key in plan._prepared:
         return plan._prepared[key]
     code = _code()
@@ -301,26 +339,28 @@ def _settings(plan: Combine, row: int, bf16_in: bool, bf16_out: bool,
     floats[:g] = plan.lam, plan.scale, plan.total, plan.divisor_floor
     ints = np.zeros(ni * n, np.int64)
     normalize = plan.normalize if plan.sign != NO_SIGN else plan.total != 1.0
+    tops = plan.top_trim[top_row] if plan.top_trim is not None else None
     for i in range(n):
         w = np.float32(plan.weight[i])
-        t = np.float32(plan.thr[i])
-        bits = int(np.abs(t).view(np.int32)) if t >= 0 else -1  # (-0: 0; NaN: keeps none)
-        if np.isnan(t):
-            bits = 0x7FFFFFFF
-        # Trim: keep |x| > keep_above (as bits), and with ties the tied ones before tie_end.
-        keep_above = {KEEP_ALL: -1, HARDSHRINK: bits, TOP_K_TIES: bits,
-                      AT_LEAST: bits - 1 if bits >= 0 else -1}[int(rules[i])]
+        # Trim: keep |x| > keep_above (as bits), and with ties the tied ones before tie_end;
+        # then drop those above top_above (and its tied ones before top_tie_end).
+        no_top = tops is None or tops[i] == KEEP_ALL
         dropping = plan.drop_below[i] >= 0
-        ints[ni * i:ni * (i + 1)] = (keep_above, 0,
-                                     plan.drop_below[i] if dropping else 1 << 16,
-                                     plan.drop_key[i] & 0xFFFFFFFF)
+        ints[ni * i:ni * (i + 1)] = (
+            _keep_above(rules[i], plan.thr[i]), 0, plan.drop_below[i] if dropping else 1 << 16,
+            plan.drop_key[i] & 0xFFFFFFFF,
+            0x7FFFFFFF if no_top else _keep_above(tops[i], plan.top_thr[i]), 0)
+        hardshrink = rules[i] == HARDSHRINK and not plan.mask_zero
         floats[g + nf * i:g + nf * (i + 1)] = (
             w, abs(w), -1.0 if w < 0 else 1.0, w if plan.normalize else 0.0,
-            0.0 if rules[i] == HARDSHRINK else -0.0,  # hardshrink makes -0 +0
+            0.0 if hardshrink else -0.0,  # hardshrink makes -0 +0
             plan.rescale[i] if plan.rescale[i] > 0 else 1.0)
+    outliers = tops is not None and bool((tops != KEEP_ALL).any())
     spec = code.MergeSpec(
         n_models=n, bf16_in=bf16_in, bf16_out=bf16_out, add_base=add_base,
-        trim=bool((rules != KEEP_ALL).any()), ties=bool((rules == TOP_K_TIES).any()),
+        trim=bool((rules != KEEP_ALL).any()) or outliers,
+        ties=bool((rules == TOP_K_TIES).any()), outliers=outliers,
+        top_ties=outliers and bool((tops == TOP_K_TIES).any()),
         drop=bool((plan.drop_below >= 0).any()), rescale=bool((plan.rescale > 0).any()),
         sign=plan.sign, normalize=bool(normalize),
         floor=plan.sign != NO_SIGN and plan.divisor_floor > 0)
