@@ -85,28 +85,25 @@ class SlicedTensor:
         base, model = self.arrays[0], self.arrays[1 + i]
         return lambda part: torch.from_numpy(kernels.magnitudes(base, model, part))
 
-    def top_k_cuts(self, ks: list[int | None]) -> list[TopKCut | None]:
-        """Each model's task-vector cut to its `ks[i]` largest magnitudes (None where ks[i]
-        is None), found in a first pass over the slices; where the kernels read the inputs,
-        one fused pass per slice brackets every task vector at once (see `kernels.band_scan`)."""
+    def top_k_cuts(self, ks: list[int | None],
+                   of: list[int] | None = None) -> list[TopKCut | None]:
+        """Cut i keeps the `ks[i]` largest magnitudes of model `of[i]`'s task vector (model i
+        by default; no cut where ks[i] is None), found in a first pass over the slices; where
+        the kernels read the inputs, one fused pass per slice brackets every cut at once (see
+        `kernels.band_scan`), reading the base once."""
+        of = list(range(len(ks))) if of is None else of
         wanted = [i for i, k in enumerate(ks) if k is not None]
         if not wanted:
             return [None] * len(ks)
-        bits = [self.magnitude_bits(i) for i in wanted]
+        bits = [self.magnitude_bits(of[i]) for i in wanted]
         if self.arrays is None or not self.has_base:
             cuts = self.map(lambda w: TopKCut.find(bits[w], self.n, ks[wanted[w]], self.parts),
                             range(len(wanted)))
         else:
-            base, models = self.arrays[0], self.arrays[1:]
+            base, models = self.arrays[0], [self.arrays[1 + of[i]] for i in wanted]
 
             def scan_all(part: slice, lows: list[int], highs: list[int]) -> list:
-                # Every model is scanned (one kernel for any subset); an empty bracket
-                # (-1, -1) gathers nothing for the models without a cut.
-                low, high = [-1] * len(models), [-1] * len(models)
-                for w, i in enumerate(wanted):
-                    low[i], high[i] = lows[w], highs[w]
-                scanned = kernels.band_scan(base[part], [m[part] for m in models], low, high)
-                return [scanned[i] for i in wanted]
+                return kernels.band_scan(base[part], [m[part] for m in models], lows, highs)
             cuts = TopKCut.find_each(bits, self.n, [ks[i] for i in wanted], self.parts,
                                      scan_all, run=self.map, select=kernels.kth_smallest)
         found = dict(zip(wanted, cuts))

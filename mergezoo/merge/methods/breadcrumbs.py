@@ -29,10 +29,10 @@ def _per_tensor(view, hp: dict) -> list:
         plans.append(None if rho >= 1 else "none" if n_keep == 0 else
                      (None if n_top + n_keep >= n else n_top + n_keep, n_top or None))
     ks = [p if isinstance(p, tuple) else (None, None) for p in plans]
-    keeps = view.top_k_cuts([k for k, _ in ks]) if any(k for k, _ in ks) else [None] * len(ks)
-    tops = view.top_k_cuts([t for _, t in ks]) if any(t for _, t in ks) else [None] * len(ks)
+    m = len(ks)  # both cuts of every expert in one pass
+    cuts = view.top_k_cuts([k for k, _ in ks] + [t for _, t in ks], of=[*range(m), *range(m)])
     return [p if not isinstance(p, tuple) else (keep, top)
-            for p, keep, top in zip(plans, keeps, tops)]
+            for p, keep, top in zip(plans, cuts[:m], cuts[m:])]
 
 
 def _masked(x: MergeInputs, density, gamma) -> list[torch.Tensor]:
