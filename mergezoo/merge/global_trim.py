@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from mergezoo.merge import kernels
-from mergezoo.merge.ops import BUCKETS, bracket, bucket_of_kth, kept_count, magnitude_bits
+from mergezoo.merge.ops import (BUCKETS, bracket, bucket_of_kth, float_of_bits, kept_count,
+                                magnitude_bits, resolve_band)
 from mergezoo.merge.registry import MergeInputs
 
 SAMPLE = 1 << 20  # entries per expert in the whole-model sample that brackets a threshold
@@ -87,12 +88,8 @@ def _bracketed(views: Callable[[], Iterable], entries: int,
             for i, (count, band) in enumerate(scanned):
                 above[i] += count
                 bands[i].append(band)
-    thresholds = []
-    for i, k in enumerate(ks):
-        band = np.concatenate(bands[i])
-        need = k - above[i]
-        if not 0 < need <= band.size:
-            return None
-        bits, = kernels.kth_smallest(band, [band.size - need + 1], lows[i], highs[i])
-        thresholds.append(float(np.int32(bits).view(np.float32)))
-    return thresholds
+    found = [resolve_band(above[i], bands[i], k, lows[i], highs[i], kernels.kth_smallest)
+             for i, k in enumerate(ks)]
+    if any(f is None for f in found):
+        return None
+    return [float_of_bits(threshold) for threshold, _, _ in found]

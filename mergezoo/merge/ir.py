@@ -54,6 +54,19 @@ class Emitter:
     def const(self, w: int, elem: str, text: str) -> str:
         return text if w == 1 else "<" + ", ".join([f"{elem} {text}"] * w) + ">"
 
+    def i32(self, w: int, value: int) -> str:
+        """An i32 constant (or vector of it), `value` taken mod 2**32."""
+        value &= 0xFFFFFFFF
+        return self.const(w, "i32", str(value - (1 << 32) if value >= 1 << 31 else value))
+
+    def popcount(self, w: int, flags: str, to: str) -> str:
+        """How many of the w lanes of the i1 `flags` are set, as integer type `to`."""
+        if w == 1:
+            return self(f"zext i1 {flags} to {to}")
+        mask = self(f"bitcast <{w} x i1> {flags} to i{w}")
+        return self(f"zext i{w} {self.call(f'i{w}', f'llvm.ctpop.i{w}', [(f'i{w}', mask)])} "
+                    f"to {to}")
+
     def lanes(self, w: int, elem: str) -> str:
         """<0, 1, ..., w-1>."""
         return "0" if w == 1 else "<" + ", ".join(f"{elem} {i}" for i in range(w)) + ">"

@@ -159,7 +159,7 @@ def _lane(e: Emitter, w: int, counter: str, key: str) -> str:
     I = vec(w, "i32")
 
     def c(value: int) -> str:
-        return e.const(w, "i32", str(value if value < 2**31 else value - 2**32))
+        return e.i32(w, value)
 
     x = e(f"mul {I} {counter}, {c(GOLDEN)}")
     x = e(f"add {I} {x}, {key}")
@@ -230,7 +230,7 @@ def _store(e: Emitter, w: int, bf16: bool, v: str, idx: str) -> None:
         I = vec(w, "i32")
 
         def c(value: int) -> str:
-            return e.const(w, "i32", str(value))
+            return e.i32(w, value)
         u = e(f"bitcast {vec(w, 'float')} {v} to {I}")
         odd = e(f"and {I} {e(f'lshr {I} {u}, {c(16)}')}, {c(1)}")
         r = e(f"add {I} {e(f'add {I} {u}, {c(0x7FFF)}')}, {odd}")
@@ -275,14 +275,10 @@ def band_scan_ir(n_models: int, bf16: bool) -> str:
             slot = e(f"getelementptr i32, ptr {s[f'band{i}']}, i64 {count}")
             if w == 1:  # store always, count only the entries inside: no branch
                 e.lines.append(f"  store i32 {m}, ptr {slot}, align 4")
-                found = e(f"zext i1 {inside} to i64")
             else:
                 e.call("void", f"llvm.masked.compressstore.v{w}i32",
                        [(I, m), ("ptr", slot), (B, inside)])
-                mask = e(f"bitcast {B} {inside} to i{w}")
-                found = e(f"zext i{w} {e.call(f'i{w}', f'llvm.ctpop.i{w}', [(f'i{w}', mask)])} "
-                          "to i64")
-            new[f"count{i}"] = e(f"add i64 {count}, {found}")
+            new[f"count{i}"] = e(f"add i64 {count}, {e.popcount(w, inside, 'i64')}")
         return new
 
     accs = {}
@@ -352,12 +348,7 @@ def tied_counts_ir(bf16: bool) -> str:
         F, I = vec(w, "float"), vec(w, "i32")
         x = e(f"fsub {F} {e.load(w, bf16, '%expert', idx)}, {e.load(w, bf16, '%base', idx)}")
         tied = e(f"icmp eq {I} {e.magnitude(w, x)}, {e.splat(w, 'i32', '%bits')}")
-        if w == 1:
-            count = e(f"zext i1 {tied} to i32")
-        else:
-            mask = e(f"bitcast <{w} x i1> {tied} to i{w}")
-            count = e(f"zext i{w} {e.call(f'i{w}', f'llvm.ctpop.i{w}', [(f'i{w}', mask)])} "
-                      "to i32")
+        count = e.popcount(w, tied, "i32")
         slot = e(f"getelementptr i32, ptr %out, i64 {e(f'lshr i64 {idx}, 4')}")
         total = e(f"add i32 {e(f'load i32, ptr {slot}, align 4')}, {count}")
         e.lines.append(f"  store i32 {total}, ptr {slot}, align 4")

@@ -76,6 +76,12 @@ def _source_key() -> str:
     return digest.hexdigest()
 
 
+def _kernel(name: str, build, restype, argtypes: list):
+    """The compiled kernel `name`, whose IR `build(kernel_code)` writes (see `jit.function`)."""
+    code = _code()
+    return jit.function(name, lambda: build(code), restype, argtypes, source_key=_source_key())
+
+
 MODES = ("auto", "fused", "eager")
 
 
@@ -168,10 +174,10 @@ class Combine:
     HARDSHRINK (|x| > thr keeps x, else +0), TOP_K_TIES (x times [|x| > thr, or |x| == thr for
     the slice's first `ties[slice]` such entries]), AT_LEAST (x times [|x| >= thr]);
     `drop_below` >= 0 turns on DARE's random drop (keep where the entry's lane is below it,
-    lanes from `drop_key`), then divide by `rescale` when it is > 0. Then `sign` election, `normalize` (linear: divide by `total`; with a sign
-    rule: by the agreeing weights, floored as `divisor_floor` says), times `lam` and `scale`,
-    plus the base when `add_base`. Build one with `linear` or `disjoint`, then `trimmed` /
-    `dropped`.
+    lanes from `drop_key`), then divide by `rescale` when it is > 0. Then `sign` election,
+    `normalize` (linear: divide by `total`; with a sign rule: by the agreeing weights,
+    floored as `divisor_floor` says), times `lam` and `scale`, plus the base when `add_base`.
+    Build one with `linear` or `disjoint`, then `trimmed` / `without_outliers` / `dropped`.
     """
 
     weight: np.ndarray
@@ -300,11 +306,8 @@ def _after_tie(base: np.ndarray, expert: np.ndarray, bits: int, count: int) -> i
     """The index just after the `count`-th entry (count >= 1) of expert - base whose magnitude
     has the float32 bits `bits`."""
     bf16 = base.dtype == np.uint16
-    code = _code()
-    fn = jit.function(f"mz_tied_counts_{'b' if bf16 else 'f'}",
-                      lambda: code.tied_counts_ir(bf16), None,
-                      [ctypes.c_void_p] * 3 + [ctypes.c_int32, ctypes.c_int64],
-                      source_key=_source_key())
+    fn = _kernel(f"mz_tied_counts_{'b' if bf16 else 'f'}", lambda code: code.tied_counts_ir(bf16),
+                 None, [ctypes.c_void_p] * 3 + [ctypes.c_int32, ctypes.c_int64])
     per_block = np.zeros(-(-base.shape[0] // 16), np.int32)
     fn(base.ctypes.data, expert.ctypes.data, per_block.ctypes.data, bits, base.shape[0])
     reached = np.cumsum(per_block)
@@ -364,9 +367,8 @@ def _settings(plan: Combine, row: int, top_row: int, bf16_in: bool, bf16_out: bo
         drop=bool((plan.drop_below >= 0).any()), rescale=bool((plan.rescale > 0).any()),
         sign=plan.sign, normalize=bool(normalize),
         floor=plan.sign != NO_SIGN and plan.divisor_floor > 0)
-    fn = jit.function(spec.name, lambda: code.merge_ir(spec), ctypes.c_int32,
-                      [ctypes.c_void_p] * (n + 4) + [ctypes.c_int64] * 2,
-                      source_key=_source_key())
+    fn = _kernel(spec.name, lambda code: code.merge_ir(spec), ctypes.c_int32,
+                 [ctypes.c_void_p] * (n + 4) + [ctypes.c_int64] * 2)
     plan._prepared[key] = (fn, floats, ints)
     return plan._prepared[key]
 
@@ -390,12 +392,9 @@ def band_scan(base: np.ndarray, experts: list[np.ndarray], low: list[int],
     if bands is None or bands.shape[0] < n or bands.shape[1] < size + 16:
         bands = _scan_scratch.bands = np.empty((n, max(size, CHUNK) + 16), np.int32)
     bf16 = base.dtype == np.uint16
-    code = _code()
-    fn = jit.function(f"mz_band_scan{n}_{'b' if bf16 else 'f'}",
-                      lambda: code.band_scan_ir(n, bf16), None,
-                      [ctypes.c_void_p] * (n + 4) + [ctypes.c_int64, ctypes.c_void_p,
-                                                     ctypes.c_int64],
-                      source_key=_source_key())
+    fn = _kernel(f"mz_band_scan{n}_{'b' if bf16 else 'f'}", lambda code: code.band_scan_ir(n, bf16),
+                 None, [ctypes.c_void_p] * (n + 4) + [ctypes.c_int64, ctypes.c_void_p,
+                                                      ctypes.c_int64])
     found = np.empty(2 * n, np.int64)
     lows, highs = np.asarray(low, np.int64), np.asarray(high, np.int64)
     fn(base.ctypes.data, *[e.ctypes.data for e in experts], lows.ctypes.data,
@@ -408,10 +407,8 @@ def magnitudes(base: np.ndarray, expert: np.ndarray, part: slice) -> np.ndarray:
     start, stop, step = part.indices(base.shape[0])
     out = np.empty(len(range(start, stop, step)), np.int32)
     bf16 = base.dtype == np.uint16
-    code = _code()
-    fn = jit.function(f"mz_magnitudes_{'b' if bf16 else 'f'}", lambda: code.magnitudes_ir(bf16),
-                      None, [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3,
-                      source_key=_source_key())
+    fn = _kernel(f"mz_magnitudes_{'b' if bf16 else 'f'}", lambda code: code.magnitudes_ir(bf16),
+                 None, [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3)
     fn(base.ctypes.data, expert.ctypes.data, out.ctypes.data, start, step, out.shape[0])
     return out
 
@@ -419,14 +416,13 @@ def magnitudes(base: np.ndarray, expert: np.ndarray, part: slice) -> np.ndarray:
 def _histogram(values: np.ndarray, low: int, shift: int, binmask: int, selshift: int,
                select: int, bins: int) -> np.ndarray:
     """See `kernel_code.histogram_ir`: the four interleaved histograms, summed."""
-    code = _code()
-    fn = jit.function("mz_histogram", code.histogram_ir, None,
-                      [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
-                       ctypes.c_uint32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                       ctypes.c_void_p], source_key=_source_key())
-    hist = np.zeros(4 * bins, np.int64)
-    fn(values.ctypes.data, values.shape[0], low - (1 << 32) if low >= 1 << 31 else low,
-       shift, binmask, selshift, select, bins, hist.ctypes.data)
+    fn = _kernel("mz_histogram", lambda code: code.histogram_ir(), None,
+                 [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
+                  ctypes.c_uint32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                  ctypes.c_void_p])
+    hist = np.zeros(4 * bins, np.int64)  # (`low` is an int32 value: it fits c_int32)
+    fn(values.ctypes.data, values.shape[0], low, shift, binmask, selshift, select, bins,
+       hist.ctypes.data)
     return hist.reshape(4, bins).sum(axis=0)
 
 
