@@ -37,7 +37,7 @@ def _describe(bench) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from mergezoo.errors import BenchmarkError
-    from mergezoo.eval.benchmarks import get_benchmark, list_benchmarks, shipped_definitions
+    from mergezoo.eval import get_benchmark, list_benchmarks, shipped_definitions
 
     names = [args.name] if args.name else list_benchmarks() + list(shipped_definitions())
     benches = [get_benchmark(n, size=args.size) for n in names]

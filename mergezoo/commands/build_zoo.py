@@ -11,7 +11,7 @@ import argparse
 import json
 
 from mergezoo.errors import BenchmarkError
-from mergezoo.eval.benchmarks.spec import SIZES
+from mergezoo.eval.spec import SIZES
 
 COLUMNS = ("base", "own_expert", "best_expert", "multitask", "oracle", "experts_average")
 
@@ -43,8 +43,8 @@ def _fmt(value: float | None, std: float | None = None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergezoo.eval.benchmarks import get_benchmark
-    from mergezoo.eval.benchmarks.sanity import compute_sanity
+    from mergezoo.eval import get_benchmark
+    from mergezoo.eval.sanity import compute_sanity
 
     bench = get_benchmark(args.benchmark, size=args.size)
     if args.workers is not None and args.workers < 1:

@@ -44,7 +44,7 @@ def _row(name: str, scores: dict[str, float], bench, seconds: float | None = Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergezoo.eval.benchmarks import get_benchmark
+    from mergezoo.eval import get_benchmark
     from mergezoo.merge import merge_models
     from mergezoo.zoo.search import find_experts
 

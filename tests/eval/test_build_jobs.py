@@ -8,8 +8,8 @@ import copy
 
 import torch
 
-from mergezoo.eval.benchmarks import get_benchmark
-from mergezoo.eval.benchmarks.training import WORKERS_ENV, JobRunner, default_workers, resident
+from mergezoo.eval import get_benchmark
+from mergezoo.eval.training import WORKERS_ENV, JobRunner, default_workers, resident
 
 
 def _seeded_job(seed: int) -> tuple[int, list[float]]:
@@ -45,9 +45,9 @@ def test_default_workers(monkeypatch):
 
 
 def test_lora_group_learns_what_each_adapter_learns_alone():
-    from mergezoo.eval.benchmarks.digits_diffusion_lora import LoraMember, train_lora_group
-    from mergezoo.eval.benchmarks.digits_diffusion_model import TrainSpec, add_lora, new_unet, train
-    from mergezoo.eval.benchmarks.training import deterministic
+    from mergezoo.eval.benchmarks.digits_diffusion.lora import LoraMember, train_lora_group
+    from mergezoo.eval.benchmarks.digits_diffusion.model import TrainSpec, add_lora, new_unet, train
+    from mergezoo.eval.training import deterministic
 
     gen = torch.Generator().manual_seed(0)
     members = [LoraMember(torch.rand(20, 1, 8, 8, generator=gen),
@@ -77,7 +77,7 @@ def test_lora_group_learns_what_each_adapter_learns_alone():
 
 
 def test_lora_groups_are_part_of_the_definition(monkeypatch):
-    from mergezoo.eval.benchmarks import digits_diffusion
+    from mergezoo.eval.benchmarks.digits_diffusion import benchmark as digits_diffusion
 
     before = get_benchmark("digits-diffusion", size="tiny").spec.definition_hash()
     params = copy.deepcopy(digits_diffusion.SIZE_PARAMS)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from mergezoo.eval.benchmarks import ID_COLUMN, build_zoo, get_benchmark
-from mergezoo.eval.benchmarks.digits_diffusion_data import render
-from mergezoo.eval.benchmarks.digits_diffusion_model import conditioning
-from mergezoo.eval.benchmarks.zoo_writer import hash_tree
+from mergezoo.eval import ID_COLUMN, build_zoo, get_benchmark
+from mergezoo.eval.benchmarks.digits_diffusion.data import render
+from mergezoo.eval.benchmarks.digits_diffusion.model import conditioning
+from mergezoo.eval.zoo_writer import hash_tree
 
 
 @pytest.fixture(scope="module")

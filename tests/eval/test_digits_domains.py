@@ -10,9 +10,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 from mergezoo.errors import BenchmarkError
-from mergezoo.eval.benchmarks import ID_COLUMN, LocalZoo, build_zoo, get_benchmark
+from mergezoo.eval import ID_COLUMN, BenchmarkZoo, build_zoo, get_benchmark
 from mergezoo.eval.benchmarks.digits_domains import DOMAINS, HELD_IN, load_sources, render
-from mergezoo.eval.benchmarks.zoo_writer import hash_tree
+from mergezoo.eval.zoo_writer import hash_tree
 
 
 def test_zoo_has_every_model_with_hub_style_files(digits_tiny):
@@ -170,7 +170,7 @@ def test_build_refuses_to_overwrite_a_foreign_folder(tmp_path):
 
 def test_open_non_zoo_folder_fails(tmp_path):
     with pytest.raises(BenchmarkError, match="not a built zoo"):
-        LocalZoo(tmp_path)
+        BenchmarkZoo(tmp_path)
 
 
 def test_domains_are_distinct_and_deterministic():
@@ -208,7 +208,7 @@ def test_summarize_means_over_held_in_and_held_out(digits_tiny):
 
 
 def test_zoo_definition_yaml_round_trips_to_the_same_hash(digits_tiny):
-    from mergezoo.eval.benchmarks import BenchmarkSpec
+    from mergezoo.eval import BenchmarkSpec
 
     bench, zoo = digits_tiny
     saved = BenchmarkSpec.from_yaml((zoo.root / "benchmark.yaml").read_text())
@@ -221,7 +221,7 @@ def test_zoo_definition_yaml_round_trips_to_the_same_hash(digits_tiny):
 def test_data_contract_rejects_a_test_example_leaked_into_train():
     import datasets
 
-    from mergezoo.eval.benchmarks.base import check_disjoint
+    from mergezoo.eval.benchmark import check_disjoint
 
     def dd(train, val, test):
         return datasets.DatasetDict({s: datasets.Dataset.from_dict({ID_COLUMN: ids})

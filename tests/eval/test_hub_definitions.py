@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from mergezoo.errors import BenchmarkDefinitionError, UnknownBenchmarkError
-from mergezoo.eval.benchmarks import (ID_COLUMN, BenchmarkSpec, get_benchmark, list_benchmarks,
+from mergezoo.eval import (ID_COLUMN, BenchmarkSpec, get_benchmark, list_benchmarks,
                                       shipped_definitions)
-from mergezoo.eval.benchmarks.hub import HubBenchmark
+from mergezoo.eval.hub_benchmark import HubBenchmark
 
 CLIP = "clip-vit-b32-eight-tasks"
 

@@ -3,7 +3,7 @@
 import pytest
 
 from mergezoo.errors import BenchmarkDefinitionError
-from mergezoo.eval.benchmarks.spec import BenchmarkSpec, Cell, grid_cells
+from mergezoo.eval.spec import BenchmarkSpec, Cell, grid_cells
 
 FACTORS = {"group": ["g0", "g1"], "domain": ["plain", "inverted", "rotated"]}
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from huggingface_hub import ModelCard
 
-from mergezoo.eval.benchmarks import ID_COLUMN, build_zoo, get_benchmark
-from mergezoo.eval.benchmarks.text_styles_data import LANGUAGES, cell_dataset, task_sentences
-from mergezoo.eval.benchmarks.zoo_writer import hash_tree
+from mergezoo.eval import ID_COLUMN, build_zoo, get_benchmark
+from mergezoo.eval.benchmarks.text_styles.data import LANGUAGES, cell_dataset, task_sentences
+from mergezoo.eval.zoo_writer import hash_tree
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_languages_are_deterministic_transforms():
 
 def test_base_has_a_real_zero_shot_score(text_tiny):
     bench, zoo = text_tiny
-    from mergezoo.eval.benchmarks.text_styles_model import accuracy, label_embeddings
+    from mergezoo.eval.benchmarks.text_styles.model import accuracy, label_embeddings
 
     enc = bench.load_model(zoo.model_path("base"))
     ds = cell_dataset("topic", "plain", "test", (12, 4, 8))

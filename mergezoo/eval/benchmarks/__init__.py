@@ -1,22 +1,7 @@
-"""Compositional benchmarks: definitions, registry, toy-zoo building and evaluation.
+"""The built-in benchmarks, one subpackage each (digits_domains, text_styles, digits_diffusion).
 
-Example:
-    >>> from mergezoo.eval.benchmarks import get_benchmark                 # doctest: +SKIP
-    >>> bench = get_benchmark("digits-domains", size="tiny")
-    >>> zoo = bench.build()                     # cached under ~/.cache/mergezoo/zoos/
-    >>> bench.evaluate(zoo.model_path("multitask"), split="test")
-    {'group0-plain': 0.95, ...}
+Importing a subpackage registers its benchmark (see `mergezoo.eval.registry`); the framework
+(spec, registry, zoo building, training jobs, evaluation, bench) lives in `mergezoo.eval`.
+Adding a benchmark means adding one subpackage with a `Benchmark` subclass decorated with
+`@register_benchmark(name)`, and its name in `registry.BUILTIN_MODULES`.
 """
-
-from mergezoo.eval.benchmarks.base import Benchmark
-from mergezoo.eval.benchmarks.cache import LocalZoo, ZooModel, build_zoo, cache_root, default_zoo_dir
-from mergezoo.eval.benchmarks.registry import (get_benchmark, list_benchmarks, register_benchmark,
-                                               shipped_definitions)
-from mergezoo.eval.benchmarks.spec import (ID_COLUMN, LABEL_COLUMN, SIZES, SPLITS, BenchmarkSpec,
-                                           Cell, grid_cells)
-from mergezoo.eval.benchmarks.zoo_writer import ZooWriter
-
-__all__ = ["Benchmark", "BenchmarkSpec", "Cell", "grid_cells", "LocalZoo", "ZooModel", "ZooWriter",
-           "build_zoo", "cache_root", "default_zoo_dir", "get_benchmark", "list_benchmarks",
-           "register_benchmark", "shipped_definitions", "ID_COLUMN", "LABEL_COLUMN", "SIZES",
-           "SPLITS"]

@@ -17,7 +17,7 @@ trained on real rendered digits (`digits_diffusion_judge`) says which digit and 
 sees; the score is the fraction with both right (digit and style accuracy are reported too).
 
 Example:
-    >>> from mergezoo.eval.benchmarks import get_benchmark                  # doctest: +SKIP
+    >>> from mergezoo.eval import get_benchmark                  # doctest: +SKIP
     >>> bench = get_benchmark("digits-diffusion", size="tiny")
     >>> zoo = bench.build()
     >>> bench.evaluate(zoo.model_path("expert", "group0-inverted", seed=0),
@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -35,17 +34,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mergezoo.errors import BenchmarkError
-from mergezoo.eval.benchmarks.base import Benchmark
-from mergezoo.eval.benchmarks.registry import register_benchmark
-from mergezoo.eval.benchmarks.spec import BenchmarkSpec, Cell, grid_cells
-from mergezoo.eval.benchmarks.training import TrainRecipe, deterministic
+from mergezoo.eval.benchmark import Benchmark
+from mergezoo.eval.registry import register_benchmark
+from mergezoo.eval.spec import BenchmarkSpec, Cell, grid_cells
+from mergezoo.eval.training import TrainRecipe, deterministic
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-    from mergezoo.eval.benchmarks.digits_diffusion_model import TrainSpec
-    from mergezoo.eval.benchmarks.training import JobRunner
-    from mergezoo.eval.benchmarks.zoo_writer import ZooWriter
+    from mergezoo.eval.benchmarks.digits_diffusion.model import TrainSpec
+    from mergezoo.eval.training import JobRunner
+    from mergezoo.eval.zoo_writer import ZooWriter
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +118,14 @@ class DigitsDiffusion(Benchmark):
 
     # -- data -------------------------------------------------------------------------------
     def _splits(self) -> Any:
-        from mergezoo.eval.benchmarks.digits_diffusion_data import image_splits
+        from mergezoo.eval.benchmarks.digits_diffusion.data import image_splits
 
         return image_splits(seed=SPLIT_SEED)
 
     def make_data(self) -> dict[str, DatasetDict]:
         from datasets import DatasetDict
 
-        from mergezoo.eval.benchmarks.digits_diffusion_data import cell_dataset
+        from mergezoo.eval.benchmarks.digits_diffusion.data import cell_dataset
 
         splits, cap = self._splits(), self.spec.params["eval_per_cell"]
         out = {}
@@ -142,7 +141,7 @@ class DigitsDiffusion(Benchmark):
     # -- the judge ----------------------------------------------------------------------------
     def judge_dir(self) -> Path:
         """Where this size's judge is cached (built on first use, deterministically)."""
-        from mergezoo.eval.benchmarks.cache import cache_root
+        from mergezoo.eval.zoo_cache import cache_root
 
         return cache_root() / "judges" / f"{NAME}-{self.size}-{self.spec.definition_hash()[:12]}"
 
@@ -151,7 +150,7 @@ class DigitsDiffusion(Benchmark):
 
     def judge(self) -> Any:
         """The judge CNN, trained on real train-split digits in every style (cached on disk)."""
-        from mergezoo.eval.benchmarks.digits_diffusion_judge import load_judge
+        from mergezoo.eval.benchmarks.digits_diffusion.judge import load_judge
 
         if self._judge is None:
             if not self._judge_ready():
@@ -165,9 +164,9 @@ class DigitsDiffusion(Benchmark):
 
         import torch
 
-        from mergezoo.eval.benchmarks.digits_diffusion_data import (STYLE_NAMES, cell_dataset,
+        from mergezoo.eval.benchmarks.digits_diffusion.data import (STYLE_NAMES, cell_dataset,
                                                                     dataset_tensors)
-        from mergezoo.eval.benchmarks.digits_diffusion_judge import (JudgeSpec, save_judge,
+        from mergezoo.eval.benchmarks.digits_diffusion.judge import (JudgeSpec, save_judge,
                                                                      train_judge)
 
         splits = self._splits()
@@ -205,12 +204,12 @@ class DigitsDiffusion(Benchmark):
             "---\nlicense: apache-2.0\ntags: [mergezoo, 'mergezoo-bench:digits-diffusion', "
             "'role:judge']\n---\n\n# digits-diffusion judge\n\nA small CNN (digit head, style "
             "head) trained on real scikit-learn digits rendered in every style (train split). "
-            "Load with `mergezoo.eval.benchmarks.digits_diffusion_judge.load_judge(path)`; its "
+            "Load with `mergezoo.eval.benchmarks.digits_diffusion.judge.load_judge(path)`; its "
             "accuracy on real test digits is in judge_config.json.\n")
 
     # -- models -----------------------------------------------------------------------------
     def load_model(self, model_dir: str | Path) -> Any:
-        from mergezoo.eval.benchmarks.digits_diffusion_model import load_generator
+        from mergezoo.eval.benchmarks.digits_diffusion.model import load_generator
 
         try:
             return load_generator(model_dir).float()
@@ -222,7 +221,7 @@ class DigitsDiffusion(Benchmark):
         """Generate one image per digit in ``style`` ((N, 1, 8, 8) in [0, 1])."""
         import torch
 
-        from mergezoo.eval.benchmarks.digits_diffusion_model import sample
+        from mergezoo.eval.benchmarks.digits_diffusion.model import sample
 
         return sample(model, torch.tensor(list(digits)), [style] * len(digits),
                       steps=self.spec.params["sample_steps"], seed=seed)
@@ -230,7 +229,7 @@ class DigitsDiffusion(Benchmark):
     def judge_predictions(self, model: Any, dataset: Dataset, cell: Cell) -> dict[str, list[int]]:
         """The judge's view of generations for every row of ``dataset`` (its digit, the cell's
         style): the inputs of the `judge_scores` metric."""
-        from mergezoo.eval.benchmarks.digits_diffusion_data import STYLE_NAMES
+        from mergezoo.eval.benchmarks.digits_diffusion.data import STYLE_NAMES
 
         style = cell.factors["style"]
         digits = [int(d) for d in dataset["label"]]
@@ -246,21 +245,6 @@ class DigitsDiffusion(Benchmark):
         from mergezoo.eval.metrics import compute_metric
 
         return compute_metric(self.spec.metric, **self.judge_predictions(model, dataset, cell))
-
-    def average_models(self, model_dirs: Sequence[Path], out_dir: Path) -> Path | None:
-        """Average of the experts as full UNets: each adapter merged into its base, then the
-        weights averaged (= base + mean of the LoRA deltas)."""
-        from mergezoo.eval.benchmarks.digits_diffusion_model import load_generator, save_unet
-
-        if not model_dirs:
-            return None
-        unets = [load_generator(d) for d in model_dirs]
-        avg = copy.deepcopy(unets[0])
-        states = [u.state_dict() for u in unets]
-        avg.load_state_dict({k: sum(s[k].float() for s in states) / len(states)
-                             for k in states[0]})
-        save_unet(avg, out_dir)
-        return out_dir
 
     # -- the zoo ----------------------------------------------------------------------------
     def _recipe(self, kind: str, seed: int, cells: list[str]) -> TrainRecipe:
@@ -303,10 +287,10 @@ class DigitsDiffusion(Benchmark):
                   jobs: JobRunner | None = None) -> None:
         from diffusers import DDIMScheduler
 
-        from mergezoo.eval.benchmarks.digits_diffusion_data import cell_dataset, dataset_tensors
-        from mergezoo.eval.benchmarks.digits_diffusion_model import (SCHEDULER_CONFIG, new_unet,
+        from mergezoo.eval.benchmarks.digits_diffusion.data import cell_dataset, dataset_tensors
+        from mergezoo.eval.benchmarks.digits_diffusion.model import (SCHEDULER_CONFIG, new_unet,
                                                                     train)
-        from mergezoo.eval.benchmarks.training import JobRunner
+        from mergezoo.eval.training import JobRunner
 
         runner = jobs or JobRunner(1)
         # the judge (cached across builds) trains in a worker while the base pretrains here
@@ -323,7 +307,7 @@ class DigitsDiffusion(Benchmark):
                           summary="A UNet2DConditionModel pretrained on plain digits (all 10, "
                           "train split); unseen styles' embedding columns are exactly zero. Load "
                           "with `UNet2DConditionModel.from_pretrained`; conditioning in "
-                          "`mergezoo.eval.benchmarks.digits_diffusion_model.conditioning`.")
+                          "`mergezoo.eval.benchmarks.digits_diffusion.model.conditioning`.")
         if judge is not None:
             judge.result()
         # the judge is part of the zoo too (a folder with its own card)
@@ -339,7 +323,7 @@ class DigitsDiffusion(Benchmark):
                  len(fits), len(groups), time.perf_counter() - started, runner.workers)
 
     def _train_spec(self, kind: str) -> TrainSpec:
-        from mergezoo.eval.benchmarks.digits_diffusion_model import TrainSpec
+        from mergezoo.eval.benchmarks.digits_diffusion.model import TrainSpec
 
         p = self.spec.params[kind]
         return TrainSpec(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"])
@@ -366,9 +350,9 @@ def _train_group(job: tuple[DigitsDiffusion, ZooWriter, list[_Fit]]) -> list[dic
     worker-process job); returns their manifest entries, in group order."""
     import torch
 
-    from mergezoo.eval.benchmarks.digits_diffusion_data import dataset_tensors
-    from mergezoo.eval.benchmarks.digits_diffusion_lora import LoraMember, train_lora_group
-    from mergezoo.eval.benchmarks.digits_diffusion_model import load_unet
+    from mergezoo.eval.benchmarks.digits_diffusion.data import dataset_tensors
+    from mergezoo.eval.benchmarks.digits_diffusion.lora import LoraMember, train_lora_group
+    from mergezoo.eval.benchmarks.digits_diffusion.model import load_unet
 
     bench, writer, fits = job
     bench = bench.shared()

@@ -6,7 +6,7 @@ A template holds ``{key}`` (a key phrase of the sentence's label) and generic sl
 relate them to the label's meaning.
 
 Example:
-    >>> from mergezoo.eval.benchmarks.text_styles_vocab import TASKS
+    >>> from mergezoo.eval.benchmarks.text_styles.vocab import TASKS
     >>> TASKS["sentiment"].labels
     ('positive', 'negative')
 """

@@ -128,9 +128,9 @@ def resident(key: Hashable, make: Callable[[], T]) -> T:
 #: imported once by the fork server, so a worker starts in milliseconds rather than seconds:
 #: the built-in benchmarks' model modules (diffusers and transformers import their model
 #: classes lazily, several seconds' worth)
-_PRELOAD = ["torch", "datasets", "peft", "safetensors", "mergezoo.eval.benchmarks",
-            "mergezoo.eval.benchmarks.digits_diffusion_lora",
-            "mergezoo.eval.benchmarks.text_styles_model", "transformers.models.bert.modeling_bert",
+_PRELOAD = ["torch", "datasets", "peft", "safetensors", "mergezoo.eval",
+            "mergezoo.eval.benchmarks.digits_diffusion.lora",
+            "mergezoo.eval.benchmarks.text_styles.model", "transformers.models.bert.modeling_bert",
             "transformers.models.vit.modeling_vit"]
 
 

@@ -17,44 +17,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from mergezoo.errors import BenchmarkError
 
 if TYPE_CHECKING:
-    from mergezoo.eval.benchmarks.base import Benchmark
-    from mergezoo.eval.benchmarks.training import JobRunner
-
-WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
-
-
-def average_safetensors_folders(model_dirs: Sequence[Path], out_dir: Path) -> Path | None:
-    """Average the single safetensors weight file of each folder, tensor by tensor, into
-    `out_dir` (with the first folder's other files: config, processor). None if the folders
-    hold no single weight file (sharded or adapter repos)."""
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    names = [n for n in WEIGHT_FILES if all((Path(d) / n).is_file() for d in model_dirs)]
-    if not model_dirs or not names:
-        return None
-    weight = names[0]
-    total: dict[str, torch.Tensor] = {}
-    for d in model_dirs:
-        for key, t in load_file(str(Path(d) / weight)).items():
-            if key in total:
-                if total[key].shape != t.shape:
-                    raise BenchmarkError(f"{d}: tensor {key} has shape {tuple(t.shape)}, "
-                                         f"expected {tuple(total[key].shape)}")
-                total[key] += t.float()
-            else:
-                total[key] = t.float().clone()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for f in Path(model_dirs[0]).iterdir():
-        if f.is_file() and f.name != weight and f.suffix != ".md":
-            shutil.copy(f, out_dir / f.name)
-    first = load_file(str(Path(model_dirs[0]) / weight))
-    save_file({k: (v / len(model_dirs)).to(first[k].dtype).contiguous() for k, v in total.items()},
-              str(out_dir / weight), metadata={"format": "pt"})
-    return out_dir
-
+    from mergezoo.eval.benchmark import Benchmark
+    from mergezoo.eval.training import JobRunner
 
 def _mean(values: Sequence[float]) -> float | None:
     return round(statistics.fmean(values), 4) if values else None
@@ -66,13 +30,14 @@ def _evaluate_job(job: tuple[Benchmark, Path, str, list[str] | None]) -> dict[st
     return benchmark.shared().evaluate(path, split, cells=cells)
 
 
-def _average_job(job: tuple[Benchmark, list[Path], Path, str]) -> dict[str, float] | None:
-    """A plain average of `dirs` saved in `out`, scored on every cell; None where the
-    benchmark cannot average them. Runs in a build worker."""
-    benchmark, dirs, out, split = job
-    bench = benchmark.shared()
-    avg = bench.average_models(dirs, out)
-    return None if avg is None else bench.evaluate(avg, split)
+def _average_job(job: tuple[Benchmark, list[Path], Path, Path, str]) -> dict[str, float]:
+    """The merge engine's `average` of the experts `dirs` (adapters are applied to `base`)
+    saved in `out`, scored on every cell. Runs in a build worker."""
+    from mergezoo.merge import merge_models
+
+    benchmark, dirs, base, out, split = job
+    merged = merge_models("average", list(dirs), base=base, out_dir=out, progress=False)
+    return benchmark.shared().evaluate(merged.out_dir, split)
 
 
 def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], root: Path,
@@ -85,7 +50,7 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
     of that seed's experts, scored on every cell; mean over seeds). Plus held-in / held-out means.
     The evaluations are independent: with `jobs` they run in its worker processes.
     """
-    from mergezoo.eval.benchmarks.training import JobRunner
+    from mergezoo.eval.training import JobRunner
 
     def paths(role: str, cell: str | None = None) -> list[tuple[int | None, Path]]:
         return [(m["seed"], root / m["name"]) for m in models
@@ -100,8 +65,8 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
         # one average of the experts per seed, each made and scored in a worker
         averaged = [[root / m["name"] for m in models
                      if m["role"] == "expert" and m["seed"] == seed] for seed in seeds]
-        pending = [runner.submit(_average_job, (benchmark, dirs, Path(tmp) / f"seed{seed}",
-                                                split))
+        pending = [runner.submit(_average_job, (benchmark, dirs, bases[0][1],
+                                                Path(tmp) / f"seed{seed}", split))
                    for seed, dirs in zip(seeds, averaged)]
         # every other evaluation, named so the results can be picked out again; the one-cell
         # oracle evaluations last, so the workers finish close together
@@ -114,7 +79,7 @@ def compute_sanity(benchmark: Benchmark, models: Sequence[Mapping[str, Any]], ro
                      for _, p in paths("oracle", cell.name)[:1]]
         try:
             scores = runner.map(_evaluate_job, [(benchmark, p, split, c) for _, p, c in todo])
-            averages = [a for a in (f.result() for f in pending) if a is not None]
+            averages = [f.result() for f in pending]
         finally:
             if jobs is None:
                 runner.close()

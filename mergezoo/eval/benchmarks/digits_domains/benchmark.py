@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mergezoo.errors import BenchmarkError
-from mergezoo.eval.benchmarks.base import Benchmark
-from mergezoo.eval.benchmarks.registry import register_benchmark
-from mergezoo.eval.benchmarks.spec import ID_COLUMN, LABEL_COLUMN, BenchmarkSpec, Cell, grid_cells
-from mergezoo.eval.benchmarks.training import TrainRecipe, deterministic
+from mergezoo.eval.benchmark import Benchmark
+from mergezoo.eval.registry import register_benchmark
+from mergezoo.eval.spec import ID_COLUMN, LABEL_COLUMN, BenchmarkSpec, Cell, grid_cells
+from mergezoo.eval.training import TrainRecipe, deterministic
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset, DatasetDict
 
-    from mergezoo.eval.benchmarks.training import JobRunner
-    from mergezoo.eval.benchmarks.zoo_writer import ZooWriter
+    from mergezoo.eval.training import JobRunner
+    from mergezoo.eval.zoo_writer import ZooWriter
 
 log = logging.getLogger(__name__)
 

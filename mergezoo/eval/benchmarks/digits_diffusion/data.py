@@ -6,7 +6,7 @@ every style renders the same split, so no test image (in any style) is in any tr
 Pixel values are floats in [0, 1]; the diffusion model works on ``2 * x - 1``.
 
 Example:
-    >>> from mergezoo.eval.benchmarks.digits_diffusion_data import STYLES, cell_dataset, image_splits
+    >>> from mergezoo.eval.benchmarks.digits_diffusion.data import STYLES, cell_dataset, image_splits
     >>> splits = image_splits(seed=0)
     >>> ds = cell_dataset((0, 1, 2), "inverted", "train", splits)
     >>> ds.column_names

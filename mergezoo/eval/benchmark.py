@@ -3,7 +3,7 @@ load a model and score it on a cell.
 
 Adding a built-in benchmark means one module with one subclass, registered by name:
 
-    >>> from mergezoo.eval.benchmarks import Benchmark, register_benchmark   # doctest: +SKIP
+    >>> from mergezoo.eval import Benchmark, register_benchmark   # doctest: +SKIP
     >>> @register_benchmark("my-bench")                                      # doctest: +SKIP
     ... class MyBench(Benchmark):
     ...     def __init__(self, size="default"):
@@ -30,17 +30,17 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable
 
 from mergezoo.errors import BenchmarkError
-from mergezoo.eval.benchmarks.spec import ID_COLUMN, LABEL_COLUMN, SPLITS, BenchmarkSpec, Cell
+from mergezoo.eval.spec import ID_COLUMN, LABEL_COLUMN, SPLITS, BenchmarkSpec, Cell
 
 if TYPE_CHECKING:  # imported lazily: datasets and torch are slow to import
     from datasets import Dataset, DatasetDict
 
-    from mergezoo.eval.benchmarks.cache import LocalZoo
-    from mergezoo.eval.benchmarks.training import JobRunner
-    from mergezoo.eval.benchmarks.zoo_writer import ZooWriter
+    from mergezoo.eval.zoo_cache import BenchmarkZoo
+    from mergezoo.eval.training import JobRunner
+    from mergezoo.eval.zoo_writer import ZooWriter
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Benchmark(ABC):
         """This process's copy of this benchmark for build jobs: the first one sent here (or
         this object, when the jobs run in this process), so its caches (data, ...) are built
         once per worker process rather than once per job."""
-        from mergezoo.eval.benchmarks.training import resident
+        from mergezoo.eval.training import resident
 
         key = ("benchmark", type(self).__qualname__, self.spec.definition_hash())
         return resident(key, lambda: self)
@@ -141,9 +141,9 @@ class Benchmark(ABC):
 
     # -- the zoo ----------------------------------------------------------------------------
     def build(self, out: str | Path | None = None, *, force: bool = False,
-              sanity: bool = True, workers: int | None = None) -> LocalZoo:
+              sanity: bool = True, workers: int | None = None) -> BenchmarkZoo:
         """Build this benchmark's toy zoo (or reuse the cached one); see `cache.build_zoo`."""
-        from mergezoo.eval.benchmarks.cache import build_zoo
+        from mergezoo.eval.zoo_cache import build_zoo
 
         return build_zoo(self, out=out, force=force, sanity=sanity, workers=workers)
 
@@ -188,7 +188,7 @@ class Benchmark(ABC):
         path = Path(model_dir)
         if not path.exists():
             raise BenchmarkError(f"{model_dir}: no such model folder")
-        from mergezoo.eval.benchmarks.training import quiet_loading, torch_threads
+        from mergezoo.eval.training import quiet_loading, torch_threads
 
         wanted = [self.cell(c) for c in cells] if cells is not None else self.cells
         with torch_threads(self.eval_threads), quiet_loading():
@@ -211,14 +211,6 @@ class Benchmark(ABC):
             vals = [scores[c.name] for c in cells if c.name in scores]
             out[key] = sum(vals) / len(vals) if vals else None
         return out
-
-    # -- sanity -----------------------------------------------------------------------------
-    def average_models(self, model_dirs: Sequence[Path], out_dir: Path) -> Path | None:
-        """A plain state-dict average of `model_dirs` (same architecture) saved in `out_dir`,
-        for the sanity numbers; None where averaging whole folders makes no sense (adapters)."""
-        from mergezoo.eval.benchmarks.sanity import average_safetensors_folders
-
-        return average_safetensors_folders(model_dirs, out_dir)
 
 
 def check_disjoint(benchmark: str, data: dict[str, DatasetDict]) -> None:

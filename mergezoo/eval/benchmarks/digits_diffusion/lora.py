@@ -34,7 +34,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch.func import functional_call, grad_and_value, vmap
 
 from mergezoo.errors import BenchmarkDataError
-from mergezoo.eval.benchmarks.digits_diffusion_model import (SCHEDULER_CONFIG, TrainSpec, add_lora,
+from mergezoo.eval.benchmarks.digits_diffusion.model import (SCHEDULER_CONFIG, TrainSpec, add_lora,
                                                              conditioning, train)
 
 

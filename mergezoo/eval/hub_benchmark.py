@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from mergezoo.errors import BenchmarkDefinitionError, BenchmarkError
-from mergezoo.eval.benchmarks.base import Benchmark
-from mergezoo.eval.benchmarks.spec import ID_COLUMN, LABEL_COLUMN, SPLITS, BenchmarkSpec, Cell
+from mergezoo.eval.benchmark import Benchmark
+from mergezoo.eval.spec import ID_COLUMN, LABEL_COLUMN, SPLITS, BenchmarkSpec, Cell
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict

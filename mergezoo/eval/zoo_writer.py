@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from mergezoo.errors import BenchmarkError
-from mergezoo.eval.benchmarks.spec import BenchmarkSpec
+from mergezoo.eval.spec import BenchmarkSpec
 
 ROLES = ("base", "expert", "multitask", "oracle")
 MANIFEST = "zoo.json"

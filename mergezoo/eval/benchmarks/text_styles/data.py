@@ -7,7 +7,7 @@ plain English, deduplicated) and split into train / validation / test; every lan
 the same split, so no test sentence, in any language, is in any train set.
 
 Example:
-    >>> from mergezoo.eval.benchmarks.text_styles_data import LANGUAGES, cell_dataset
+    >>> from mergezoo.eval.benchmarks.text_styles.data import LANGUAGES, cell_dataset
     >>> LANGUAGES["piglatin"]("the match was great")
     'ethay atchmay asway eatgray'
     >>> ds = cell_dataset("topic", "reversed", "test", per_label=(8, 4, 4), seed=0)
@@ -25,7 +25,7 @@ from functools import lru_cache
 from datasets import ClassLabel, Dataset, Features, Value
 
 from mergezoo.errors import BenchmarkDataError
-from mergezoo.eval.benchmarks.text_styles_vocab import TASKS, TaskSpec
+from mergezoo.eval.benchmarks.text_styles.vocab import TASKS, TaskSpec
 
 SPLITS = ("train", "validation", "test")
 

@@ -17,7 +17,7 @@ attention, convolution and linear layers.
 
 Example:
     >>> import torch
-    >>> from mergezoo.eval.benchmarks.digits_diffusion_model import new_unet, sample
+    >>> from mergezoo.eval.benchmarks.digits_diffusion.model import new_unet, sample
     >>> unet = new_unet(seed=0)
     >>> images = sample(unet, torch.tensor([3, 4]), ["plain", "inverted"], steps=2, seed=0)
     >>> tuple(images.shape)
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
-from mergezoo.eval.benchmarks.digits_diffusion_data import IMAGE_SIZE, STYLE_NAMES
+from mergezoo.eval.benchmarks.digits_diffusion.data import IMAGE_SIZE, STYLE_NAMES
 from mergezoo.errors import BenchmarkDataError
 
 logger = logging.getLogger(__name__)

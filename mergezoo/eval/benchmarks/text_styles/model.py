@@ -9,9 +9,9 @@ CLIP's text embeddings frozen), and are saved as ordinary transformers folders, 
 engine merges them like any full fine-tune.
 
 Example:
-    >>> from mergezoo.eval.benchmarks.text_styles_model import (
+    >>> from mergezoo.eval.benchmarks.text_styles.model import (
     ...     base_model_path, load_encoder, label_embeddings, accuracy)
-    >>> from mergezoo.eval.benchmarks.text_styles_data import cell_dataset
+    >>> from mergezoo.eval.benchmarks.text_styles.data import cell_dataset
     >>> enc = load_encoder(base_model_path())
     >>> labels = label_embeddings(enc, "topic")
     >>> ds = cell_dataset("topic", "plain", "test", per_label=(8, 4, 4))
@@ -34,7 +34,7 @@ from datasets import Dataset
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mergezoo.errors import BenchmarkDataError
-from mergezoo.eval.benchmarks.text_styles_vocab import TASKS
+from mergezoo.eval.benchmarks.text_styles.vocab import TASKS
 
 MAX_LENGTH = 48
 LOGIT_SCALE = 20.0

@@ -6,7 +6,7 @@ models, and loaded by the judge metric modules.
 
 Example:
     >>> import torch
-    >>> from mergezoo.eval.benchmarks.digits_diffusion_judge import Judge
+    >>> from mergezoo.eval.benchmarks.digits_diffusion.judge import Judge
     >>> judge = Judge()
     >>> digit_logits, style_logits = judge(torch.zeros(2, 1, 8, 8))
     >>> tuple(digit_logits.shape), tuple(style_logits.shape)
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mergezoo.errors import BenchmarkDataError
-from mergezoo.eval.benchmarks.digits_diffusion_data import STYLE_NAMES
+from mergezoo.eval.benchmarks.digits_diffusion.data import STYLE_NAMES
 
 WEIGHTS = "judge.safetensors"
 CONFIG = "judge_config.json"

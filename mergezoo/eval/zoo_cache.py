@@ -7,7 +7,7 @@ reused. A build writes into a temporary sibling folder and renames it into place
 so an interrupted build never leaves a half-written zoo behind.
 
 Example:
-    >>> from mergezoo.eval.benchmarks import get_benchmark                # doctest: +SKIP
+    >>> from mergezoo.eval import get_benchmark                # doctest: +SKIP
     >>> zoo = build_zoo(get_benchmark("digits-domains", size="tiny"))     # doctest: +SKIP
     >>> zoo.model_path("expert", "group0-inverted", seed=1)               # doctest: +SKIP
     PosixPath('~/.cache/mergezoo/zoos/digits-domains-tiny-3f2a.../digits-domains-expert-...')
@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergezoo.errors import BenchmarkError
-from mergezoo.eval.benchmarks.zoo_writer import MANIFEST, ZooWriter, hash_tree
+from mergezoo.eval.zoo_writer import MANIFEST, ZooWriter, hash_tree
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-    from mergezoo.eval.benchmarks.base import Benchmark
+    from mergezoo.eval.benchmark import Benchmark
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ZooModel:
     base_model: str | None = None
 
 
-class LocalZoo:
+class BenchmarkZoo:
     """A built zoo folder: its models (by role, cell, seed), datasets and sanity numbers."""
 
     def __init__(self, root: str | Path) -> None:
@@ -145,7 +145,7 @@ def _versions() -> dict[str, str]:
 
 
 def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: bool = False,
-              sanity: bool = True, workers: int | None = None) -> LocalZoo:
+              sanity: bool = True, workers: int | None = None) -> BenchmarkZoo:
     """Build `benchmark`'s toy zoo into `out` (default: the cache folder) and return it.
 
     Reuses an existing zoo built from the same definition unless `force`. Refuses to overwrite
@@ -157,7 +157,7 @@ def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: boo
     want = benchmark.spec.definition_hash()
     if target.exists() and not force:
         try:
-            existing = LocalZoo(target)
+            existing = BenchmarkZoo(target)
         except BenchmarkError:
             existing = None
         if existing is not None and existing.definition_hash == want:
@@ -168,7 +168,7 @@ def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: boo
                                  f"(size {benchmark.size}); pass force=True / --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    from mergezoo.eval.benchmarks.training import JobRunner, quiet_loading
+    from mergezoo.eval.training import JobRunner, quiet_loading
 
     try:
         with quiet_loading(), JobRunner(workers).start() as jobs:
@@ -182,7 +182,7 @@ def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: boo
             log.info("%s: trained the zoo in %.1f s", benchmark.name, train_seconds)
             # sanity.json must exist before the manifest hashes the files
             if sanity:
-                from mergezoo.eval.benchmarks.sanity import compute_sanity
+                from mergezoo.eval.sanity import compute_sanity
 
                 numbers = compute_sanity(benchmark, writer.models, tmp, jobs=jobs)
                 (tmp / "sanity.json").write_text(json.dumps(numbers, indent=1) + "\n")
@@ -196,7 +196,7 @@ def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: boo
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return LocalZoo(target)
+    return BenchmarkZoo(target)
 
 
 def _threads() -> int:

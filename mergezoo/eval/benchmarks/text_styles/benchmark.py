@@ -17,7 +17,7 @@ sentence-transformers pooling files), so `AutoModel.from_pretrained` loads it an
 engine merges it like any full fine-tune.
 
 Example:
-    >>> from mergezoo.eval.benchmarks import get_benchmark                  # doctest: +SKIP
+    >>> from mergezoo.eval import get_benchmark                  # doctest: +SKIP
     >>> bench = get_benchmark("text-styles", size="tiny")
     >>> zoo = bench.build()
     >>> bench.evaluate(zoo.model_path("expert", "topic-piglatin", seed=0),
@@ -34,17 +34,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergezoo.errors import BenchmarkError
-from mergezoo.eval.benchmarks.base import Benchmark
-from mergezoo.eval.benchmarks.registry import register_benchmark
-from mergezoo.eval.benchmarks.spec import BenchmarkSpec, Cell, grid_cells
-from mergezoo.eval.benchmarks.training import TrainRecipe, deterministic
+from mergezoo.eval.benchmark import Benchmark
+from mergezoo.eval.registry import register_benchmark
+from mergezoo.eval.spec import BenchmarkSpec, Cell, grid_cells
+from mergezoo.eval.training import TrainRecipe, deterministic
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-    from mergezoo.eval.benchmarks.text_styles_model import Encoder
-    from mergezoo.eval.benchmarks.training import JobRunner
-    from mergezoo.eval.benchmarks.zoo_writer import ZooWriter
+    from mergezoo.eval.benchmarks.text_styles.model import Encoder
+    from mergezoo.eval.training import JobRunner
+    from mergezoo.eval.zoo_writer import ZooWriter
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class _SentenceTransformerFiles:
     """Copies the base's sentence-transformers files (pooling config) into a saved model."""
 
     def save_pretrained(self, path: str) -> None:
-        from mergezoo.eval.benchmarks.text_styles_model import _ST_FILES, base_model_path
+        from mergezoo.eval.benchmarks.text_styles.model import _ST_FILES, base_model_path
 
         src = base_model_path()
         for name in _ST_FILES:
@@ -108,7 +108,7 @@ class TextStyles(Benchmark):
     def make_data(self) -> dict[str, DatasetDict]:
         from datasets import DatasetDict
 
-        from mergezoo.eval.benchmarks.text_styles_data import cell_dataset
+        from mergezoo.eval.benchmarks.text_styles.data import cell_dataset
 
         per_label = tuple(self.spec.params["per_label"])
         return {c.name: DatasetDict({
@@ -120,7 +120,7 @@ class TextStyles(Benchmark):
     def label_embeddings(self) -> dict[str, Any]:
         """Each task's label-name embeddings by the real base model (computed once, frozen)."""
         if self._labels is None:
-            from mergezoo.eval.benchmarks.text_styles_model import (base_model_path,
+            from mergezoo.eval.benchmarks.text_styles.model import (base_model_path,
                                                                     label_embeddings, load_encoder)
 
             base = load_encoder(base_model_path())
@@ -128,7 +128,7 @@ class TextStyles(Benchmark):
         return self._labels
 
     def load_model(self, model_dir: str | Path) -> Encoder:
-        from mergezoo.eval.benchmarks.text_styles_model import load_encoder
+        from mergezoo.eval.benchmarks.text_styles.model import load_encoder
 
         try:
             enc = load_encoder(model_dir)
@@ -138,7 +138,7 @@ class TextStyles(Benchmark):
         return enc
 
     def predict(self, model: Encoder, dataset: Dataset, cell: Cell) -> list[int]:
-        from mergezoo.eval.benchmarks.text_styles_model import predict
+        from mergezoo.eval.benchmarks.text_styles.model import predict
 
         labels = self.label_embeddings()[cell.factors["task"]]
         return [int(p) for p in predict(model, dataset["text"], labels)]
@@ -160,8 +160,8 @@ class TextStyles(Benchmark):
 
     def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict],
                   jobs: JobRunner | None = None) -> None:
-        from mergezoo.eval.benchmarks.text_styles_model import base_model_path, load_encoder
-        from mergezoo.eval.benchmarks.training import JobRunner
+        from mergezoo.eval.benchmarks.text_styles.model import base_model_path, load_encoder
+        from mergezoo.eval.training import JobRunner
 
         base = load_encoder(base_model_path())
         self._save(writer, base, role="base", base_model=BASE_MODEL,
@@ -184,9 +184,9 @@ def _finetune_job(job: tuple[TextStyles, ZooWriter, tuple[str, str, tuple[str, .
                                                            str | None]]) -> dict[str, Any]:
     """Fine-tune one encoder (kind, role, cells, seed, cell) from the real base and save it into
     the zoo (a worker-process job); returns its manifest entry."""
-    from mergezoo.eval.benchmarks.text_styles_model import (FinetuneSpec, base_model_path, finetune,
+    from mergezoo.eval.benchmarks.text_styles.model import (FinetuneSpec, base_model_path, finetune,
                                                             load_encoder)
-    from mergezoo.eval.benchmarks.training import resident
+    from mergezoo.eval.training import resident
 
     bench, writer, (kind, role, cells, seed, cell) = job
     bench = bench.shared()

@@ -2,7 +2,7 @@
 
 Register a benchmark class (constructed as `cls(size=...)`) with the decorator, then get it:
 
-    >>> from mergezoo.eval.benchmarks.registry import get_benchmark, list_benchmarks
+    >>> from mergezoo.eval.registry import get_benchmark, list_benchmarks
     >>> "digits-domains" in list_benchmarks()
     True
     >>> get_benchmark("digits-domains", size="tiny").size
@@ -13,8 +13,8 @@ Register a benchmark class (constructed as `cls(size=...)`) with the decorator, 
 
 Built-in modules are imported on first use (BUILTIN_MODULES maps names to modules; a module
 that is not written yet is skipped; `get_benchmark(name)` imports only that benchmark's module). A name that ends in .yaml/.yml, or names a file, is loaded as a YAML
-definition (`mergezoo.eval.benchmarks.hub.HubBenchmark`); so is the name of a definition shipped
-in `mergezoo/eval/benchmarks/definitions/`.
+definition (`mergezoo.eval.hub_benchmark.HubBenchmark`); so is the name of a definition shipped
+in `mergezoo/eval/definitions/`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from mergezoo.errors import BenchmarkDefinitionError, UnknownBenchmarkError
-from mergezoo.eval.benchmarks.spec import SIZES
+from mergezoo.eval.spec import SIZES
 
 if TYPE_CHECKING:
-    from mergezoo.eval.benchmarks.base import Benchmark
+    from mergezoo.eval.benchmark import Benchmark
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ BUILTIN_MODULES = {
     "text-styles": "mergezoo.eval.benchmarks.text_styles",
     "digits-diffusion": "mergezoo.eval.benchmarks.digits_diffusion",
 }
-DEFINITIONS_DIR = Path(__file__).resolve().parent.parent / "definitions"
+DEFINITIONS_DIR = Path(__file__).resolve().parent / "definitions"
 
 _REGISTRY: dict[str, type] = {}
 _loaded = False
@@ -99,7 +99,7 @@ def get_benchmark(name: str, size: str = "default") -> Benchmark:
     path = Path(name).expanduser()
     shipped = shipped_definitions()
     if name.endswith((".yaml", ".yml")) or path.is_file() or name in shipped:
-        from mergezoo.eval.benchmarks.hub import HubBenchmark
+        from mergezoo.eval.hub_benchmark import HubBenchmark
 
         return HubBenchmark.from_yaml(shipped.get(name, path))
     raise UnknownBenchmarkError(
