@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from mergezoo.errors import BenchmarkError
 from mergezoo.eval.spec import ID_COLUMN, LABEL_COLUMN, SPLITS, BenchmarkSpec, Cell
@@ -194,6 +194,27 @@ class Benchmark(ABC):
         with torch_threads(self.eval_threads), quiet_loading():
             model = self.load_model(path)
             return {c.name: float(self.score(model, self.dataset(c, split), c)) for c in wanted}
+
+    # -- models in memory: the bench's tuning sweeps and the Space merge state dicts ---------
+    def module(self, model: Any) -> Any:
+        """The `torch.nn.Module` inside a loaded model (what `load_model` returns) whose state
+        dict a merge replaces; the model itself by default."""
+        return model
+
+    def with_weights(self, model: Any, state_dict: dict[str, Any]) -> Any:
+        """`model` (from `load_model`) with its module's weights replaced by `state_dict`
+        (strict: every key must match), ready for `score`. Loads in place and returns it."""
+        missing, unexpected = self.module(model).load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise BenchmarkError(f"{self.name}: the merged weights do not fit the model: "
+                                 f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        return model
+
+    def ensemble(self, models: Sequence[Any]) -> Any:
+        """A model-like object that `score` accepts and whose outputs average the members'
+        (class probabilities for a classifier, noise predictions for a generator): the
+        "ensemble of the experts" baseline. Each benchmark defines what averaging means."""
+        raise NotImplementedError(f"{type(self).__name__} defines no ensemble of its models")
 
     def summarize(self, scores: dict[str, float]) -> dict[str, float | None]:
         """Mean score over the held-in and the held-out cells present in `scores` (the
