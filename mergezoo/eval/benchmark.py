@@ -141,11 +141,13 @@ class Benchmark(ABC):
 
     # -- the zoo ----------------------------------------------------------------------------
     def build(self, out: str | Path | None = None, *, force: bool = False,
-              sanity: bool = True, workers: int | None = None) -> BenchmarkZoo:
-        """Build this benchmark's toy zoo (or reuse the cached one); see `cache.build_zoo`."""
+              sanity: bool = True, workers: int | None = None,
+              progress: bool = False) -> BenchmarkZoo:
+        """Build this benchmark's toy zoo (or reuse the cached one); see `zoo_cache.build_zoo`."""
         from mergezoo.eval.zoo_cache import build_zoo
 
-        return build_zoo(self, out=out, force=force, sanity=sanity, workers=workers)
+        return build_zoo(self, out=out, force=force, sanity=sanity, workers=workers,
+                         progress=progress)
 
     def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict],
                   jobs: JobRunner | None = None) -> None:
@@ -209,6 +211,11 @@ class Benchmark(ABC):
             raise BenchmarkError(f"{self.name}: the merged weights do not fit the model: "
                                  f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
         return model
+
+    @property
+    def has_ensemble(self) -> bool:
+        """Whether this benchmark defines `ensemble` (the bench's ensemble baseline)."""
+        return type(self).ensemble is not Benchmark.ensemble
 
     def ensemble(self, models: Sequence[Any]) -> Any:
         """A model-like object that `score` accepts and whose outputs average the members'

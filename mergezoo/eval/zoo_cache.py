@@ -145,13 +145,15 @@ def _versions() -> dict[str, str]:
 
 
 def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: bool = False,
-              sanity: bool = True, workers: int | None = None) -> BenchmarkZoo:
+              sanity: bool = True, workers: int | None = None,
+              progress: bool = False) -> BenchmarkZoo:
     """Build `benchmark`'s toy zoo into `out` (default: the cache folder) and return it.
 
     Reuses an existing zoo built from the same definition unless `force`. Refuses to overwrite
     a folder that is not a zoo of this definition unless `force`. Independent trainings and
     evaluations run in `workers` processes (default `training.default_workers()`: min(2,
-    cores)); the files are the same for any number.
+    cores)); the files are the same for any number. `progress` shows a bar of the models
+    saved so far (trainings may run in worker processes, so it watches the folder).
     """
     target = Path(out).expanduser() if out is not None else default_zoo_dir(benchmark)
     want = benchmark.spec.definition_hash()
@@ -171,7 +173,8 @@ def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: boo
     from mergezoo.eval.training import JobRunner, quiet_loading
 
     try:
-        with quiet_loading(), JobRunner(workers).start() as jobs:
+        with quiet_loading(), JobRunner(workers).start() as jobs, \
+                _ModelsSaved(tmp, expected_models(benchmark), benchmark.name, progress):
             started = time.perf_counter()
             writer = ZooWriter(tmp, benchmark.spec)
             data = benchmark.data()
@@ -197,6 +200,50 @@ def build_zoo(benchmark: Benchmark, out: str | Path | None = None, *, force: boo
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return BenchmarkZoo(target)
+
+
+def expected_models(benchmark: Benchmark) -> int | None:
+    """How many model folders a built-in zoo holds: base, experts per seed, multitask, oracles
+    (None when the build parameters do not say how many seeds)."""
+    seeds = benchmark.spec.params.get("seeds")
+    if not seeds:
+        return None
+    return 1 + len(benchmark.held_in_cells) * len(seeds) + 1 + len(benchmark.held_out_cells)
+
+
+class _ModelsSaved:
+    """A progress bar of the model folders that appear under a zoo being built."""
+
+    def __init__(self, root: Path, total: int | None, name: str, enabled: bool) -> None:
+        import threading
+
+        self.root, self.total, self.name, self.enabled = root, total, name, enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _count(self) -> int:
+        if not self.root.is_dir():
+            return 0
+        return sum(1 for p in self.root.iterdir() if p.is_dir() and p.name != "datasets"
+                   and ((p / "config.json").is_file() or (p / "adapter_config.json").is_file()))
+
+    def _watch(self) -> None:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=self.total, desc=f"build {self.name} zoo", unit="model") as bar:
+            while not self._stop.wait(0.5):
+                bar.update(self._count() - bar.n)
+            bar.update(self._count() - bar.n)
+
+    def __enter__(self) -> "_ModelsSaved":
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
 
 
 def _threads() -> int:

@@ -1,0 +1,102 @@
+"""The bench's record of finished jobs, so a re-run reuses them and an interrupted run resumes.
+
+Each finished job is one JSON line `{"key": ..., "value": ...}` appended to
+`OUT/.bench/jobs.jsonl` and flushed to disk before the next job starts; a line cut short by a
+kill is ignored on reading. `run.json` beside it holds the arguments of the run that owns the
+folder: a different run refuses to reuse it unless asked to overwrite.
+
+Example:
+    >>> store = JobStore(tmp_path / ".bench")                              # doctest: +SKIP
+    >>> store.put("merge/ties/...", {"group0-inverted": 0.91})
+    >>> store.get("merge/ties/...")
+    {'group0-inverted': 0.91}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mergezoo.errors import OutputExistsError
+
+RUN_FILE = "run.json"
+JOBS_FILE = "jobs.jsonl"
+
+
+class JobStore:
+    """Finished jobs by key, persisted as JSON lines."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / JOBS_FILE
+        self._done: dict[str, Any] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a killed run
+                    continue
+                self._done[entry["key"]] = entry["value"]
+        self._file = None
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._done
+
+    def get(self, key: str) -> Any:
+        return self._done.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        if self._file is None:
+            # a line cut short by a kill must not swallow the next one
+            if self.path.is_file() and self.path.stat().st_size and \
+                    not self.path.read_bytes().endswith(b"\n"):
+                with self.path.open("a") as f:
+                    f.write("\n")
+            self._file = self.path.open("a")
+        self._file.write(json.dumps({"key": key, "value": value}, sort_keys=True) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._done[key] = value
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def claim_output(out: Path, run: dict[str, Any], *, overwrite: bool) -> bool:
+    """Make `out` this run's folder. Returns True when it holds finished jobs of the same run
+    (same arguments), which are then reused. A folder of another run, or anything else that is
+    not empty, is refused unless `overwrite`, which empties it first."""
+    import shutil
+
+    state = out / ".bench"
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        previous = None
+        if (state / RUN_FILE).is_file():
+            try:
+                previous = json.loads((state / RUN_FILE).read_text())
+            except json.JSONDecodeError:
+                previous = None
+        if previous == run and not overwrite:
+            return True
+        if not overwrite:
+            what = ("the results of another bench run (different arguments)" if previous
+                    else "files that are not a mergezoo bench run")
+            raise OutputExistsError(f"{out} holds {what}; choose another --out or pass "
+                                    "--overwrite to replace it")
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    state.mkdir(parents=True, exist_ok=True)
+    tmp = state / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
+    tmp.replace(state / RUN_FILE)
+    return False
