@@ -10,6 +10,7 @@ Example:
 from mergezoo.merge.api import check_architectures, expand_experts, merge_models, run_recipe
 from mergezoo.merge.engine import MergeResult, merge_sources, pick_device
 from mergezoo.merge.layers import LiNeS
+from mergezoo.merge.memory import TaskVectors, merge_state_dicts
 from mergezoo.merge.recipe import MergeRecipe
 from mergezoo.merge.registry import (
     Interval,
@@ -24,6 +25,7 @@ from mergezoo.merge.sources import TensorSource, open_source
 
 __all__ = [
     "Interval", "LiNeS", "MergeInputs", "MergeMethod", "MergeRecipe", "MergeResult", "Needs",
-    "TensorSource", "check_architectures", "expand_experts", "get_method", "list_methods",
-    "merge_method", "merge_models", "merge_sources", "open_source", "pick_device", "run_recipe",
+    "TaskVectors", "TensorSource", "check_architectures", "expand_experts", "get_method",
+    "list_methods", "merge_method", "merge_models", "merge_sources", "merge_state_dicts",
+    "open_source", "pick_device", "run_recipe",
 ]

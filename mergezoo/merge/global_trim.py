@@ -42,7 +42,8 @@ def magnitude_thresholds(stream: Callable[[], Iterable[MergeInputs]],
     high = [torch.zeros(BUCKETS, dtype=torch.int64) for _ in range(n)]
     total = 0
     for x in stream():
-        total += x.models[0].numel()
+        # Counted from the task vectors: the in-memory merge passes those without the models.
+        total += x.deltas[0].numel()
         for i, d in enumerate(x.deltas):
             high[i] += torch.bincount(magnitude_bits(d) >> 16, minlength=BUCKETS).cpu()
     picks = [bucket_of_kth(h, kept_count(total, rho)) for h, rho in zip(high, density)]

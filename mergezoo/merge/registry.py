@@ -199,6 +199,10 @@ class MergeMethod:
     fused_saves: float = 0.0
     aliases: tuple[str, ...] = ()
     check: Callable[[dict[str, Any]], None] | None = None  # raises ValueError on bad combinations
+    # The recipe name of a global hyperparameter that scales the merged task vector linearly
+    # and last: fn(x, lambda_=c) == c * fn(x, lambda_=1), bit for bit. The in-memory merge
+    # (`mergezoo.merge.memory`) then merges once per grid and scales per grid point.
+    linear: str | None = None
 
     @property
     def summary(self) -> str:
@@ -278,8 +282,12 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
                  helps: dict[str, str] | None = None,
                  check: Callable[[dict[str, Any]], None] | None = None,
                  elementwise: bool = False, per_tensor: Callable | None = None,
-                 fused: Callable | None = None, fused_saves: float = 0.0) -> Callable:
+                 fused: Callable | None = None, fused_saves: float = 0.0,
+                 linear: str | None = None) -> Callable:
     """Register a merge method. See the module docstring for an example.
+
+    `linear` names a global hyperparameter (e.g. "lambda") that the method multiplies its
+    merged task vector by as its last step, so that a sweep over it can reuse one merge.
 
     `elementwise=True` promises that the function, given the slices of every input at the same
     positions, returns the merged slice (so it must not look at shapes or whole-tensor
@@ -297,11 +305,15 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
         for key in grid:  # grid keys are recipe names ("lambda")
             if key not in hps:
                 raise ValueError(f"{name}: grid names unknown hyperparameter '{key}'")
+        if linear is not None and (linear not in hps or hps[linear].per_model
+                                   or returns != "delta"):
+            raise ValueError(f"{name}: linear must name a global hyperparameter of a method "
+                             f"that returns a task vector, got '{linear}'")
         _REGISTRY[name] = MergeMethod(name=name, fn=fn, paper=paper, needs=needs, grid=grid,
                                       hyperparameters=hps, returns=returns, prepare=prepare,
                                       random=random, aliases=aliases, check=check,
                                       elementwise=elementwise, per_tensor=per_tensor,
-                                      fused=fused, fused_saves=fused_saves)
+                                      fused=fused, fused_saves=fused_saves, linear=linear)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn

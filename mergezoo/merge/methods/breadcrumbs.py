@@ -80,7 +80,7 @@ def _fused(sign_rule: str | None):
 
 _COMMON = dict(needs=Needs(base=True), per_model=("weight", "density", "gamma"),
                ranges=_RANGES, grid=_GRID, helps=_HELP, elementwise=True, per_tensor=_per_tensor,
-               fused_saves=5.0)
+               fused_saves=5.0, linear="lambda")
 
 
 @merge_method("breadcrumbs", paper="https://arxiv.org/abs/2312.06795", fused=_fused(None),

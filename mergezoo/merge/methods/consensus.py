@@ -19,7 +19,7 @@ def tall_masks(deltas: torch.Tensor, multitask: torch.Tensor, mask_lambda: float
               ranges={"weight": Interval(), "k": Interval(0, float("inf")),
                       "mask_lambda": Interval(0, float("inf"))},
               grid={"mask_lambda": [0.2, 0.4, 0.6], "lambda": [0.3, 0.5, 0.7, 1.0]},
-              aliases=("tall_masks", "consensus_ta"), elementwise=True,
+              aliases=("tall_masks", "consensus_ta"), elementwise=True, linear="lambda",
               helps={"k": "minimum number of tasks that must find a weight important",
                      "mask_lambda": "TALL mask threshold"})
 def consensus(x: MergeInputs, *, weight: list[float] = 1.0, lambda_: float = 1.0, k: int = 2,

@@ -25,7 +25,7 @@ def _fused(sign_rule: str | None):
 # Both DARE variants share their registration: paper, needs, ranges, grid.
 _DARE = dict(paper="https://arxiv.org/abs/2311.03099", needs=Needs(base=True),
              per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
-             grid={"density": [0.1, 0.3, 0.5, 0.7], "lambda": [0.5, 1.0, 1.5]}, random=True,
+             grid={"density": [0.1, 0.3, 0.5, 0.7], "lambda": [0.5, 1.0, 1.5]}, random=True, linear="lambda",
              elementwise=True,
              helps={"density": "probability of keeping each entry",
                     "rescale": "divide kept entries by density"})

@@ -15,7 +15,7 @@ def _fused(x: MergeInputs, *, weight: list[float], lambda_: float, normalize: bo
 
 @merge_method("task_arithmetic", paper="https://arxiv.org/abs/2212.04089", needs=Needs(base=True),
               per_model=("weight",), ranges={"weight": Interval()}, elementwise=True,
-              fused=_fused, fused_saves=1.0,
+              fused=_fused, fused_saves=1.0, linear="lambda",
               grid={"lambda": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]},
               helps={"weight": "scale of each task vector", "lambda": "scale of the sum",
                      "normalize": "divide the sum by the sum of the weights"})

@@ -56,7 +56,7 @@ def _check(kwargs: dict) -> None:
               per_model=("weight", "density"), ranges={"weight": Interval(), "density": DENSITY},
               grid={"density": [0.1, 0.2, 0.3], "lambda": [0.8, 1.0, 1.2, 1.5, 2.0]},
               prepare=_prepare, check=_check, elementwise=True, per_tensor=_per_tensor,
-              fused=_fused, fused_saves=5.0,
+              fused=_fused, fused_saves=5.0, linear="lambda",
               helps={"density": "fraction of each task vector kept, by magnitude",
                      "trim_scope": "trim per tensor (mergekit) or over the whole model (paper)",
                      "sign_rule": "elect the sign by total mass (sum) or by count"})

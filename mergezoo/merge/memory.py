@@ -1,0 +1,360 @@
+"""Merging in memory: task vectors computed once, then one merge per grid point, no disk.
+
+The same method definitions as the streaming engine: each tensor is merged by the registered
+method's function (`spec.fn(MergeInputs(...), **hp)`) with the hyperparameters checked by
+`spec.resolve`, per-layer settings evaluated by the engine's `_specialize`, LiNeS, the
+method's `prepare` pass, the engine's per-tensor random seeds, and a `per_tensor` pass whose
+top-k cuts are cached per (expert, tensor, k). What a grid repeats is done once per grid:
+
+- task vectors (expert - base, in the compute dtype) are computed when the object is built;
+- a method registered with `linear="lambda"` multiplies its merged task vector by lambda as
+  its last step, so a lambda sweep merges once and scales per point (bit for bit the same as
+  merging at that lambda); the unscaled merges are kept in a cache bounded by bytes;
+- the exact top-k cut of each task vector (TIES, Breadcrumbs) is cached per density.
+
+Example:
+    >>> tv = TaskVectors(base_state, [expert_a, expert_b])             # doctest: +SKIP
+    >>> for lam in [0.5, 1.0, 1.5]:                                    # doctest: +SKIP
+    ...     merged = tv.merge("ties", {"density": 0.2, "lambda": lam})
+    >>> tv.select([0]).merge("task_arithmetic")                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
+from mergezoo.merge.engine import _specialize, check_compatible, check_counts, pick_device
+from mergezoo.merge.layers import LiNeS, layer_positions
+from mergezoo.merge.ops import TopKCut, magnitude_bits
+from mergezoo.merge.registry import MergeInputs, MergeMethod, ModelStream, get_method
+from mergezoo.merge.sources import StateDictSource, TensorSource, is_lora_folder, open_source
+
+StateDict = dict[str, torch.Tensor]
+DEFAULT_CACHE_BYTES = 1 << 30  # unscaled merged task vectors kept for lambda sweeps
+
+
+@dataclass
+class _Shared:
+    """What every view (`TaskVectors.select`) of the same experts shares."""
+
+    dev: torch.device
+    dtype: torch.dtype
+    reference: StateDict  # the base, or the first expert without one: keys, dtypes, integers
+    base: StateDict | None  # float tensors of the base, in the compute dtype on the device
+    weights: list[StateDict | None]  # the experts as given (None: only a task vector)
+    deltas: list[StateDict] | None  # float task vectors, in the compute dtype on the device
+    labels: list[str]
+    float_keys: list[str]
+    positions: dict[str, float]
+    cache_bytes: int
+    merged: OrderedDict = field(default_factory=OrderedDict)  # LRU of unscaled merges
+    merged_bytes: int = 0
+    cuts: dict = field(default_factory=dict)  # (expert, key, k) -> TopKCut
+    states: dict = field(default_factory=dict)  # prepare passes' results
+
+    def weight(self, i: int, key: str) -> torch.Tensor:
+        """Expert `i`'s weights for `key` in the compute dtype: as given, else base + delta."""
+        given = self.weights[i]
+        if given is not None:
+            return given[key].to(self.dev, dtype=self.dtype, copy=True)
+        return self.base[key] + self.deltas[i][key]
+
+    def remember(self, key: tuple, value: StateDict) -> None:
+        size = sum(t.numel() * t.element_size() for t in value.values())
+        if size > self.cache_bytes:
+            return
+        self.merged[key] = value
+        self.merged_bytes += size
+        while self.merged_bytes > self.cache_bytes:
+            _, old = self.merged.popitem(last=False)
+            self.merged_bytes -= sum(t.numel() * t.element_size() for t in old.values())
+
+
+class _WholeTensorView:
+    """A method's `per_tensor` pass over whole task vectors (one slice, index 0): the part
+    of `slicing.SlicedTensor` that `per_tensor` functions read, with each top-k cut cached."""
+
+    def __init__(self, shared: _Shared, key: str, experts: list[int]) -> None:
+        self.shared, self.key, self.experts = shared, key, experts
+        self.n = shared.deltas[experts[0]][key].numel() if shared.deltas else 0
+        self.n_models = len(experts)
+
+    def top_k_cuts(self, ks: list[int | None], of: list[int] | None = None) -> list[TopKCut | None]:
+        of = list(range(len(ks))) if of is None else of
+        cuts = []
+        for k, i in zip(ks, of):
+            if k is None:
+                cuts.append(None)
+                continue
+            expert = self.experts[i]
+            found = self.shared.cuts.get((expert, self.key, k))
+            if found is None:
+                flat = self.shared.deltas[expert][self.key].reshape(-1)
+                found = TopKCut.find(lambda part: magnitude_bits(flat[part]), self.n, k)
+                self.shared.cuts[(expert, self.key, k)] = found
+            cuts.append(found)
+        return cuts
+
+
+class TaskVectors:
+    """Task vectors computed once; then one merge per grid point, no disk.
+
+    `base` may be None for methods that do not use it (average, slerp of two models).
+    `device`: "auto", "cpu" or "cuda" (see `engine.pick_device`); `dtype` is the compute
+    dtype (the engine's default, float32). `cache_bytes` bounds the unscaled merges kept for
+    sweeps over a method's linear hyperparameter (lambda).
+
+    Example:
+        >>> tv = TaskVectors(base, [a, b, c], labels=["a", "b", "c"])    # doctest: +SKIP
+        >>> soup = tv.select([0, 1]).merge("average")                   # doctest: +SKIP
+    """
+
+    def __init__(self, base: StateDict | None, experts: list[StateDict], *,
+                 labels: list[str] | None = None, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 _deltas: list[StateDict | None] | None = None) -> None:
+        n = len(experts)
+        if n == 0:
+            raise RecipeError("no models to merge: give at least one expert")
+        labels = list(labels) if labels is not None else [f"expert {i}" for i in range(n)]
+        if len(labels) != n:
+            raise RecipeError(f"{len(labels)} labels for {n} experts")
+        given = _deltas or [None] * n
+        dev = pick_device(device)
+        # The reference gives the keys, dtypes and integer tensors: the base, else expert 0.
+        reference = base if base is not None else experts[0]
+        if reference is None:
+            raise RecipeError("task vectors need their base model")
+        ref_src = StateDictSource(reference, "base" if base is not None else labels[0])
+        _check_sources(ref_src, [StateDictSource(e, label) for e, label, d in
+                                 zip(experts, labels, given) if e is not None and e is not reference])
+        float_keys = [k for k, t in reference.items() if t.is_floating_point()]
+        for d, label in zip(given, labels):
+            if d is not None:
+                _check_sources(StateDictSource({k: reference[k] for k in float_keys}, ref_src.label),
+                               [StateDictSource(d, f"{label} (task vector)")])
+        base32 = None if base is None else {
+            k: base[k].to(dev, dtype=dtype) for k in float_keys}
+        deltas = None
+        if base32 is not None:
+            deltas = []
+            for e, d in zip(experts, given):
+                if d is not None:  # given task vectors (LoRA: B @ A * scaling) are used as they are
+                    deltas.append({k: d[k].to(dev, dtype=dtype) for k in float_keys})
+                else:
+                    deltas.append({k: e[k].to(dev, dtype=dtype) - base32[k] for k in float_keys})
+        self._shared = _Shared(dev=dev, dtype=dtype, reference=reference, base=base32,
+                               weights=list(experts), deltas=deltas, labels=labels,
+                               float_keys=float_keys, positions=layer_positions(list(reference)),
+                               cache_bytes=cache_bytes)
+        self._experts = list(range(n))
+
+    @classmethod
+    def from_task_vectors(cls, base: StateDict, deltas: list[StateDict], **kw) -> "TaskVectors":
+        """Task vectors already computed (e.g. exact LoRA deltas); experts are base + delta
+        where a method needs their weights."""
+        if base is None:
+            raise RecipeError("task vectors need their base model")
+        return cls(base, [None] * len(deltas), _deltas=list(deltas), **kw)
+
+    @classmethod
+    def from_folders(cls, base_dir: str | Path | None, expert_dirs: list[str | Path], *,
+                     component: str | None = None, allow_pickle: bool = False,
+                     **kw) -> "TaskVectors":
+        """Local model folders; an expert folder may be a PEFT LoRA adapter on the base (its
+        task vector is the exact full delta B @ A * scaling computed in float32 from the
+        factors, via `mergezoo.merge.lora`, never (W + dW) - W), a full fine-tune, or a
+        diffusers component folder (`component`, e.g. "unet")."""
+        def weights_dir(path: Path) -> Path:
+            # A diffusers LoRA repo keeps every component's factors in one root file.
+            if component and not (path / component).is_dir() and is_lora_folder(path):
+                return path
+            if component and not (path / component).is_dir():
+                raise RecipeError(f"{path}: has no component folder '{component}'")
+            return path / component if component else path
+
+        base_src = None
+        if base_dir is not None:
+            base_src = open_source(weights_dir(Path(base_dir)), f"base '{base_dir}'",
+                                   allow_pickle=allow_pickle)
+        base = _read_all(base_src) if base_src is not None else None
+        labels = kw.pop("labels", None) or [f"expert '{p}'" for p in expert_dirs]
+        experts: list[StateDict | None] = []
+        deltas: list[StateDict | None] = []
+        for path, label in zip(expert_dirs, labels):
+            src = open_source(weights_dir(Path(path)), label, allow_pickle=allow_pickle,
+                              base_source=base_src, component=component)
+            if hasattr(src, "delta") and hasattr(src, "layers"):  # a LoRA adapter on the base
+                experts.append(None)
+                deltas.append(_lora_deltas(src, base))
+            else:
+                experts.append(_read_all(src))
+                deltas.append(None)
+        return cls(base, experts, labels=labels, _deltas=deltas, **kw)
+
+    @property
+    def n_models(self) -> int:
+        return len(self._experts)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self._shared.labels[i] for i in self._experts]
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._shared.reference)
+
+    def select(self, indices: list[int]) -> "TaskVectors":
+        """A view over some experts (in the order given), sharing the cached task vectors."""
+        for i in indices:
+            if not 0 <= i < self.n_models:
+                raise RecipeError(f"expert index {i} is out of range (0..{self.n_models - 1})")
+        view = object.__new__(TaskVectors)
+        view._shared = self._shared
+        view._experts = [self._experts[i] for i in indices]
+        return view
+
+    def merge(self, method: str | MergeMethod, params: dict | None = None,
+              model_params: list[dict] | None = None, *, lines: LiNeS | None = None,
+              seed: int = 0, out_dtype: torch.dtype | None = None) -> StateDict:
+        """Full merged weights (base + merged delta for delta methods), same keys as the base,
+        dtype `out_dtype` or the base's; `params` use recipe names ("lambda", "density"),
+        checked with the method's `resolve` (same errors as the engine)."""
+        sh = self._shared
+        spec = method if isinstance(method, MergeMethod) else get_method(method)
+        n = self.n_models
+        check_counts(spec, n, sh.base is not None)
+        kwargs = spec.resolve(params or {}, model_params or [], n)
+        if lines is not None and spec.returns != "delta":
+            raise RecipeError(f"LiNeS scales task vectors; method '{spec.name}' does not produce one")
+        use_base = sh.base is not None and bool(spec.needs.base)
+        linear = spec.hyperparameters[spec.linear].arg if spec.linear else None
+        # Everything but the linear hyperparameter decides the unscaled merge.
+        fixed = {k: v for k, v in kwargs.items() if k != linear}
+        ident = (spec.name, tuple(self._experts), repr(sorted(fixed.items())),
+                 seed if spec.random else None)
+        state = self._prepare(spec, kwargs, ident) if spec.prepare else None
+        cached = sh.merged.get(ident) if linear else None
+        if cached is not None:
+            sh.merged.move_to_end(ident)
+        fresh: StateDict = {}
+        out: StateDict = {}
+        for key, ref in sh.reference.items():
+            if not ref.is_floating_point():  # integer buffers are copied from the reference
+                out[key] = ref.clone()
+                continue
+            hp = _specialize(spec, kwargs, key, sh.positions[key])
+            if linear:
+                lam = hp[linear]
+                unscaled = cached[key] if cached is not None else None
+                if unscaled is None:
+                    unscaled = fresh[key] = self._merge_one(spec, {**hp, linear: 1.0}, key,
+                                                            use_base, state, seed)
+                # The method's own last step, `mixed.mul_(lambda_)` (skipped at 1).
+                merged = unscaled * lam if lam != 1 else unscaled.clone()
+            else:
+                merged = self._merge_one(spec, hp, key, use_base, state, seed)
+            if spec.returns == "delta":
+                scale = lines.scale(sh.positions[key]) if lines else 1.0
+                merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(sh.base[key])
+            self._check_finite(key, merged, use_base)
+            out[key] = merged.to(out_dtype or ref.dtype)
+        if linear and cached is None:
+            sh.remember(ident, fresh)
+        return out
+
+    def _inputs(self, spec: MergeMethod, key: str, use_base: bool, seed: int,
+                state: Any) -> MergeInputs:
+        """One tensor of every selected expert, as the engine hands it to a method: fresh
+        copies the method may work on in place (`owned`)."""
+        sh = self._shared
+        base = sh.base[key].clone() if use_base else None
+        deltas = [sh.deltas[i][key].clone() for i in self._experts] \
+            if use_base and spec.returns == "delta" else None
+        # Methods that return weights may read the experts themselves (average, slerp).
+        models = [sh.weight(i, key) for i in self._experts] if deltas is None else []
+        if deltas is None and use_base:  # the exact task vectors (LoRA), not weight - base
+            deltas = [sh.deltas[i][key].clone() for i in self._experts]
+        seeds = ([zlib.crc32(f"{seed}/{key}/{i}".encode()) for i in range(len(self._experts))]
+                 if spec.random else None)
+        return MergeInputs(key=key, base=base, models=models, seeds=seeds, state=state,
+                           owned=True, _deltas=deltas)
+
+    def _merge_one(self, spec: MergeMethod, hp: dict, key: str, use_base: bool, state: Any,
+                   seed: int) -> torch.Tensor:
+        x = self._inputs(spec, key, use_base, seed, state)
+        if spec.per_tensor is not None and use_base:
+            # The whole tensor is the method's one slice (index 0), cut where the cached
+            # per-tensor pass found.
+            x.tensor_state = spec.per_tensor(_WholeTensorView(self._shared, key, self._experts), hp)
+        try:
+            return spec.fn(x, **hp)
+        except ValueError as err:  # the method's own refusal (e.g. slerp of three models)
+            raise IncompatibleModelsError(f"tensor '{key}': {spec.name} failed: {err}") from err
+
+    def _prepare(self, spec: MergeMethod, kwargs: dict, ident: tuple) -> Any:
+        """The method's whole-model pass (e.g. TIES's model-wide thresholds), once per
+        (method, experts, hyperparameters)."""
+        sh = self._shared
+        if ident not in sh.states:
+            use_base = sh.base is not None and bool(spec.needs.base)
+
+            def tensors() -> Iterator[MergeInputs]:
+                for key in sh.float_keys:
+                    yield self._inputs(spec, key, use_base, 0, None)
+            entries = sum(sh.reference[k].numel() for k in sh.float_keys)
+            sh.states[ident] = spec.prepare(ModelStream(tensors, None, entries=entries), kwargs)
+        return sh.states[ident]
+
+    def _check_finite(self, key: str, merged: torch.Tensor, use_base: bool) -> None:
+        if bool(torch.isfinite(merged.sum())) or bool(torch.isfinite(merged).all()):
+            return
+        sh = self._shared
+        named = ([("base", sh.base[key])] if use_base else []) + \
+            [(sh.labels[i], sh.deltas[i][key] if sh.deltas else sh.weight(i, key))
+             for i in self._experts]
+        for label, tensor in named:
+            if not bool(torch.isfinite(tensor).all()):
+                raise BadTensorError(f"{label}: tensor '{key}' contains NaN or Inf values")
+        raise BadTensorError(f"tensor '{key}': the merge produced NaN or Inf values")
+
+
+def merge_state_dicts(method: str, base: StateDict | None, experts: list[StateDict],
+                      params: dict | None = None, **kw) -> StateDict:
+    """One-shot convenience: TaskVectors(base, experts).merge(method, params, **kw).
+
+    Keyword arguments go to the constructor (labels, device, dtype) or to `merge`
+    (model_params, lines, seed, out_dtype)."""
+    init = {k: kw.pop(k) for k in ("labels", "device", "dtype") if k in kw}
+    return TaskVectors(base, experts, cache_bytes=0, **init).merge(method, params, **kw)
+
+
+def _check_sources(reference: TensorSource, others: list[TensorSource]) -> None:
+    check_compatible(reference, others)
+
+
+def _read_all(src: TensorSource) -> StateDict:
+    return {k: src.get(k) for k in src.keys()}
+
+
+def _lora_deltas(src: Any, base: StateDict) -> StateDict:
+    """A LoRA expert's exact task vector: B @ A * scaling in float32 from the factors
+    (`LoraSource.delta`); a tensor the adapter replaces (modules_to_save) minus the base;
+    zero elsewhere."""
+    out = {}
+    for key, b in base.items():
+        if not b.is_floating_point():
+            continue
+        delta = src.delta(key)
+        if delta is None:
+            delta = src.get(key).to(torch.float32) - b.to(torch.float32) \
+                if key in src.replacements else torch.zeros(b.shape, dtype=torch.float32)
+        out[key] = delta
+    return out
