@@ -53,6 +53,11 @@ class BenchmarkError(MergezooError):
     """A benchmark cannot be defined, built or evaluated as asked."""
 
 
+class ModelDoesNotFitError(BenchmarkError):
+    """A model cannot be scored on a benchmark: another architecture, head size or tensor set
+    than the benchmark's models."""
+
+
 class UnknownBenchmarkError(BenchmarkError):
     """No registered benchmark has this name, and it is not a path to a YAML definition."""
 

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     bench = get_benchmark(args.benchmark, size=args.size)
     if args.workers is not None and args.workers < 1:
         raise BenchmarkError(f"--workers must be at least 1, got {args.workers}")
-    zoo = bench.build(out=args.out, force=args.force, workers=args.workers)
+    zoo = bench.build(out=args.out, force=args.force, workers=args.workers, progress=True)
     sanity = zoo.sanity or compute_sanity(bench, zoo.manifest["models"], zoo.root)
     info = zoo.build_info
     if args.json:

@@ -1,68 +1,89 @@
-"""`mergezoo demo`: the whole path on a built-in benchmark, offline.
+"""`mergezoo demo`: the README's main job, offline on a built-in benchmark.
 
-Builds (or reuses) the digits-domains toy zoo, finds its experts by tag in the local zoo,
-merges them with several methods, and scores every merge on the held-in and held-out cells,
-beside the base and the multitask model.
+Builds (or reuses) the digits-domains toy zoo, benches the data-free merging methods on it
+(hyperparameters tuned on held-in validation data, tested on held-in and held-out cells, beside
+the base, the experts, the multitask model and the oracles) and prints the results table.
+
+Example:
+    $ mergezoo demo                       # writes ./mergezoo-demo
+    $ mergezoo demo --methods ties,task_arithmetic --out /tmp/demo --overwrite
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
 from pathlib import Path
 
-DEMO_METHODS = ["average", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties",
-                "consensus", "model_stock", "multislerp"]
-# Hyperparameters a user would start from (no tuning here; `mergezoo bench` tunes).
-DEMO_PARAMS = {"task_arithmetic": {"lambda": 0.4}, "ties": {"density": 0.2, "lambda": 1.0},
-               "dare_ties": {"density": 0.3, "lambda": 0.5, "normalize": True},
-               "breadcrumbs_ties": {"lambda": 0.5, "normalize": True},
-               "consensus": {"lambda": 0.4}}
+from mergezoo.commands.bench import add_bench_options, config_from, say
+
+DEMO_BENCHMARK = "digits-domains"
+DEMO_OUT = "mergezoo-demo"
+SHOWN_BASELINES = ("base", "experts", "multitask", "oracle", "ensemble", "greedy_soup")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo", help="build a toy zoo, merge its experts with several methods and score them",
-        description="The whole mergezoo path, offline: build (or reuse) the digits-domains "
-        "benchmark's toy zoo, find its experts by tag, merge them with several methods, and "
-        "score every merge on held-in and held-out cells beside the base and the multitask "
-        "model.")
-    p.add_argument("--size", default="tiny", choices=["tiny", "default"],
-                   help="benchmark size (tiny: about a minute; default: a few minutes)")
-    p.add_argument("--methods", default=",".join(DEMO_METHODS),
-                   help=f"comma-separated methods (default: {','.join(DEMO_METHODS)})")
-    p.add_argument("--out", help="keep the merged models here (default: a temporary folder)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+        "demo", help="bench the merging methods on a built-in benchmark, offline",
+        description=f"The whole mergezoo path, offline: build (or reuse) the {DEMO_BENCHMARK} "
+        "toy zoo, tune every data-free merging method on held-in validation data, test the "
+        "tuned merges on held-in and held-out cells beside the base, the experts, the "
+        "multitask model and the oracles, and print the table. Same as `mergezoo bench "
+        f"{DEMO_BENCHMARK} --no-scaling` with --out {DEMO_OUT}; pass --scaling for the "
+        "scaling curves.")
+    add_bench_options(p, default_out=DEMO_OUT)
+    p.add_argument("--scaling", action="store_true", help="also measure the scaling curves")
     p.set_defaults(func=run)
 
 
-def _row(name: str, scores: dict[str, float], bench, seconds: float | None = None) -> str:
-    summary = bench.summarize(scores)
-    secs = f"{seconds:8.2f}" if seconds is not None else f"{'-':>8}"
-    return f"{name:18} {summary['held_in']:8.3f} {summary['held_out']:9.3f} {secs}"
+def _fmt(value: float | None, ci: list[float] | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" ±{(ci[1] - ci[0]) / 2:.3f}" if ci else "")
+
+
+def table(results: dict) -> str:
+    """The demo's table: baselines first, then the merges, best held-in first."""
+    rows = [r for r in results["rows"] if r["kind"] == "baseline"
+            and r["method"] in SHOWN_BASELINES]
+    rows += sorted((r for r in results["rows"] if r["kind"] == "merge"),
+                   key=lambda r: -(r["held_in"] or 0))
+    lines = [f"{'model':<18} {'held-in':>14} {'held-out':>14} {'norm. in':>9} {'norm. out':>9}"
+             "  hyperparameters (tuned on held-in validation)"]
+    for r in rows:
+        if r["kind"] == "merge" and not any(x["kind"] == "merge" for x in rows[:rows.index(r)]):
+            lines.append("-" * 78)
+        hp = ", ".join(f"{k}={v}" for k, v in (r.get("hyperparameters") or {}).items())
+        lines.append(f"{r['method']:<18} {_fmt(r['held_in'], r['held_in_ci']):>14} "
+                     f"{_fmt(r['held_out'], r['held_out_ci']):>14} "
+                     f"{_fmt(r['held_in_normalised']):>9} {_fmt(r['held_out_normalised']):>9}  {hp}")
+    return "\n".join(lines)
+
+
+LEGEND = """\
+held-in: mean test {metric} on the {n_in} cells the experts were trained on; held-out: on the
+{n_out} combinations none was trained on (± half the 95% CI over expert seeds {seeds}).
+norm.: (score - base) / (reference - base) per cell, averaged; the reference is the cell's own
+expert (held-in) or its oracle (held-out): 1 = as good as the reference, 0 = the base.
+experts: each held-in cell by its own expert, each held-out cell by its closest expert;
+multitask: one model trained on all held-in data; oracle: one model per held-out cell."""
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergezoo.eval import get_benchmark
-    from mergezoo.merge import merge_models
-    from mergezoo.zoo.search import find_experts
+    from mergezoo.eval.bench import run_bench
 
-    bench = get_benchmark("digits-domains", size=args.size)
-    print(f"building (or reusing) the {bench.name} toy zoo, size {args.size} ...", file=sys.stderr)
-    zoo = bench.build()
-    experts = find_experts(tag=[f"mergezoo-bench:{bench.name}", "role:expert", "seed:0"],
-                           zoo=zoo.root)
-    base = zoo.model_path("base")
-    print(f"found {len(experts)} experts tagged role:expert in {zoo.root}", file=sys.stderr)
-    out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mergezoo-demo-"))
-    print(f"\n{'model':18} {'held-in':>8} {'held-out':>9} {'merge s':>8}   (test accuracy)")
-    print(_row("base", bench.evaluate(base), bench))
-    print(_row("multitask", bench.evaluate(zoo.model_path("multitask")), bench))
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        result = merge_models(method, experts, base=base, out_dir=out_root / method,
-                              params=DEMO_PARAMS.get(method, {}), device=args.device,
-                              overwrite=True, progress=False)
-        print(_row(method, bench.evaluate(result.out_dir), bench, result.seconds), flush=True)
-    print(f"\nmerged models in {out_root}", file=sys.stderr)
+    config = config_from(args, DEMO_BENCHMARK)
+    config.scaling = args.scaling
+    out = Path(args.out)
+    results = run_bench(config, out, overwrite=args.overwrite, progress=not args.quiet, say=say)
+    cells = results["cells"]
+    print(f"\n{results['benchmark']} (size {results['size']}): merging methods against the "
+          "baselines\n")
+    print(table(results))
+    print("\n" + LEGEND.format(metric=results["metric"], n_in=sum(c["held_in"] for c in cells),
+                               n_out=sum(not c["held_in"] for c in cells), seeds=results["seeds"]))
+    for check in results["checks"]:
+        print(f"{'ok  ' if check['passed'] else 'MISS'} {check['check']}: {check['value']}")
+    print(f"\nfull table, the paper's findings and per-cell scores: {out / 'results.md'}")
+    print(f"results.json: {out / 'results.json'}; plots: {out / 'plots'}; "
+          f"merged models (tuned, seed 0): {out / 'models'}")
     return 0

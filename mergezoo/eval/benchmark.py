@@ -149,6 +149,12 @@ class Benchmark(ABC):
         return build_zoo(self, out=out, force=force, sanity=sanity, workers=workers,
                          progress=progress)
 
+    @property
+    def has_zoo(self) -> bool:
+        """Whether this benchmark builds its own toy zoo (`train_zoo`); a Hub definition
+        names its experts instead."""
+        return type(self).train_zoo is not Benchmark.train_zoo
+
     def train_zoo(self, writer: ZooWriter, data: dict[str, DatasetDict],
                   jobs: JobRunner | None = None) -> None:
         """Train and save (through `writer.save_model`) the base, the experts (>= 3 seeds per
@@ -204,9 +210,12 @@ class Benchmark(ABC):
         return model
 
     def with_weights(self, model: Any, state_dict: dict[str, Any]) -> Any:
-        """`model` (from `load_model`) with its module's weights replaced by `state_dict`
-        (strict: every key must match), ready for `score`. Loads in place and returns it."""
-        missing, unexpected = self.module(model).load_state_dict(state_dict, strict=False)
+        """`model` (from `load_model`) with its module's weights replaced by `state_dict`, a
+        state dict as saved on disk (what a merge of the zoo's folders gives), ready for
+        `score`. Every key must match. Loads in place and returns the model."""
+        module = self.module(model)
+        state_dict = checkpoint_to_module_keys(module, state_dict)
+        missing, unexpected = module.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
             raise BenchmarkError(f"{self.name}: the merged weights do not fit the model: "
                                  f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
@@ -239,6 +248,25 @@ class Benchmark(ABC):
             vals = [scores[c.name] for c in cells if c.name in scores]
             out[key] = sum(vals) / len(vals) if vals else None
         return out
+
+
+def checkpoint_to_module_keys(module: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """`state_dict` with the names the module's parameters have in memory. transformers 5
+    renames some checkpoint tensors when loading (e.g. ViT's `encoder.layer.N.attention.
+    attention.query` becomes `layers.N.attention.q_proj`) and renames them back when saving;
+    this finds that renaming with transformers' own `revert_weight_conversion`, applied to the
+    module's state dict (renamed tensors keep their storage, so they are matched by it)."""
+    own = module.state_dict()
+    if set(state_dict) <= set(own):
+        return state_dict
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # an older transformers renames nothing
+        return state_dict
+    by_storage = {(t.data_ptr(), tuple(t.shape)): k for k, t in own.items()}
+    names = {saved: by_storage.get((t.data_ptr(), tuple(t.shape)))
+             for saved, t in revert_weight_conversion(module, dict(own)).items()}
+    return {names.get(k) or k: v for k, v in state_dict.items()}
 
 
 def check_disjoint(benchmark: str, data: dict[str, DatasetDict]) -> None:

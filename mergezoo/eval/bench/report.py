@@ -22,7 +22,8 @@ LEGEND = """\
   good as the reference, 0 no better than the base. Held-in reference: the cell's own expert
   (same seed); held-out reference: the cell's oracle (trained on that cell). Cells whose
   reference beats the base by less than {min_gap} are left out{excluded}.
-- **vs MT**: (score - base) / (multitask - base) on the held-in / held-out means.
+- **vs MT**: (score - base) / (multitask - base) on the held-in / held-out means ("-" where
+  the multitask model does not beat the base by {min_gap}).
 - **[a, b]**: 95% confidence interval (Student t) over expert seeds {seeds}.
 - Baselines: **base** the pretrained model; **experts** each held-in cell by its own expert
   and each held-out cell by its closest expert (same {first_factor}); **expert:CELL** one expert

@@ -209,6 +209,9 @@ def _tune(run: _Run, method: Any) -> dict[str, Any]:
     """Grid search on held-in validation (mean over seeds); never reads held-out or test data."""
     everyone = tuple(range(run.n_experts))
     points = method_grid.grid_points(method)
+    if len(points) == 1:  # nothing to choose: no evaluation spent on it
+        return {"best": points[0], "validation": None, "evaluations": 0, "grid": [],
+                "best_at_edge": False}
     scored: dict[tuple, float] = {}
     for _ in range(1 + method_grid.MAX_EXTENSIONS):
         todo = [p for p in points if p not in scored]
