@@ -23,17 +23,22 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
+from mergezoo.merge import kernels
 from mergezoo.merge.engine import _specialize, check_compatible, check_counts, pick_device
 from mergezoo.merge.layers import LiNeS, layer_positions
 from mergezoo.merge.ops import TopKCut, magnitude_bits
 from mergezoo.merge.registry import MergeInputs, MergeMethod, ModelStream, get_method
+from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
+from mergezoo.merge.threads import torch_threads
 from mergezoo.merge.sources import StateDictSource, TensorSource, is_lora_folder, open_source
 
 StateDict = dict[str, torch.Tensor]
@@ -58,6 +63,16 @@ class _Shared:
     merged_bytes: int = 0
     cuts: dict = field(default_factory=dict)  # (expert, key, k) -> TopKCut
     states: dict = field(default_factory=dict)  # prepare passes' results
+    zeros: torch.Tensor | None = None  # the zero "base" of slice-by-slice merges of deltas
+    scratch: dict = field(default_factory=dict)  # (inputs, workers) -> slice buffers
+    seen_ks: dict = field(default_factory=dict)  # (expert, key) -> the ks cut so far
+    sorted_bits: dict = field(default_factory=dict)  # (expert, key) -> sorted magnitude bits
+    sorted_bytes: int = 0  # bounded by cache_bytes, like the merges
+
+    def zero(self, n: int) -> torch.Tensor:
+        if self.zeros is None or self.zeros.numel() < n:
+            self.zeros = torch.zeros(n, dtype=self.dtype)
+        return self.zeros[:n]
 
     def weight(self, i: int, key: str) -> torch.Tensor:
         """Expert `i`'s weights for `key` in the compute dtype: as given, else base + delta."""
@@ -103,13 +118,69 @@ class _WholeTensorView:
         return cuts
 
 
+class _CachingSlicedTensor(SlicedTensor):
+    """The engine's slice-by-slice view, with each task vector's top-k cut over the slices
+    cached per (expert, tensor, k) across merges. When a second k is asked for the same task
+    vector (a density sweep), its magnitudes are sorted once, and every further cut is a
+    binary search in them (plus a count of the tied entries per slice)."""
+
+    def __init__(self, shared: _Shared, experts: list[int], *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.shared, self.experts = shared, experts
+
+    def top_k_cuts(self, ks: list[int | None], of: list[int] | None = None) -> list:
+        sh = self.shared
+        of = list(range(len(ks))) if of is None else of
+        ids = [("sliced", self.experts[i], self.key, k) for k, i in zip(ks, of)]
+        missing = []
+        for j, (k, i) in enumerate(zip(ks, of)):
+            if k is None or ids[j] in sh.cuts:
+                continue
+            tensor = (self.experts[i], self.key)
+            ordered = sh.sorted_bits.get(tensor)
+            if ordered is None and sh.seen_ks.get(tensor, set()) - {k} \
+                    and sh.sorted_bytes + 4 * self.n <= sh.cache_bytes:
+                ordered = np.sort(self.magnitude_bits(i)(slice(0, self.n)).numpy())
+                sh.sorted_bits[tensor] = ordered
+                sh.sorted_bytes += ordered.nbytes
+            sh.seen_ks.setdefault(tensor, set()).add(k)
+            if ordered is not None:
+                sh.cuts[ids[j]] = self._cut_from_sorted(ordered, k, i)
+            else:
+                missing.append(j)
+        if missing:
+            found = super().top_k_cuts([ks[j] for j in missing], of=[of[j] for j in missing])
+            for j, cut in zip(missing, found):
+                sh.cuts[ids[j]] = cut
+        return [None if k is None else sh.cuts[i] for k, i in zip(ks, ids)]
+
+    def _cut_from_sorted(self, ordered: np.ndarray, k: int, i: int) -> TopKCut:
+        """The cut `TopKCut.find` gives (the k-th largest magnitude; of the entries equal to
+        it, the first ones in slice order), from the sorted magnitude bits."""
+        n = ordered.size
+        threshold = int(ordered[n - k])
+        ties = k - (n - int(np.searchsorted(ordered, threshold, "right")))
+        if len(self.parts) == 1:
+            equal = [int(np.searchsorted(ordered, threshold, "right")
+                         - np.searchsorted(ordered, threshold, "left"))]
+        else:
+            bits = self.magnitude_bits(i)
+            equal = [int(torch.count_nonzero(bits(part) == threshold)) for part in self.parts]
+        allowed = []
+        for count in equal:
+            allowed.append(min(ties, count))
+            ties -= allowed[-1]
+        return TopKCut(threshold, allowed, equal)
+
+
 class TaskVectors:
     """Task vectors computed once; then one merge per grid point, no disk.
 
     `base` may be None for methods that do not use it (average, slerp of two models).
     `device`: "auto", "cpu" or "cuda" (see `engine.pick_device`); `dtype` is the compute
     dtype (the engine's default, float32). `cache_bytes` bounds the unscaled merges kept for
-    sweeps over a method's linear hyperparameter (lambda).
+    sweeps over a method's linear hyperparameter (lambda), and, separately, the sorted task-vector
+    magnitudes kept for density sweeps (4 bytes per entry).
 
     Example:
         >>> tv = TaskVectors(base, [a, b, c], labels=["a", "b", "c"])    # doctest: +SKIP
@@ -289,6 +360,8 @@ class TaskVectors:
 
     def _merge_one(self, spec: MergeMethod, hp: dict, key: str, use_base: bool, state: Any,
                    seed: int) -> torch.Tensor:
+        if self._sliced(spec, use_base):
+            return self._merge_sliced(spec, hp, key, state, seed)
         x = self._inputs(spec, key, use_base, seed, state)
         if spec.per_tensor is not None and use_base:
             # The whole tensor is the method's one slice (index 0), cut where the cached
@@ -298,6 +371,47 @@ class TaskVectors:
             return spec.fn(x, **hp)
         except ValueError as err:  # the method's own refusal (e.g. slerp of three models)
             raise IncompatibleModelsError(f"tensor '{key}': {spec.name} failed: {err}") from err
+
+    def _sliced(self, spec: MergeMethod, use_base: bool) -> bool:
+        """Element-wise task-vector methods on CPU merge as the engine does there: slice by
+        slice (with the fused kernels where they run), over the cached task vectors."""
+        return (spec.elementwise and spec.returns == "delta" and use_base
+                and self._shared.dev.type == "cpu")
+
+    def _merge_sliced(self, spec: MergeMethod, hp: dict, key: str, state: Any,
+                      seed: int) -> torch.Tensor:
+        """The merged task vector of `key` by the engine's slice-by-slice path, given a zero
+        base and the task vectors as the models: the method computes each model minus the
+        base, which is then the cached task vector exactly (also a LoRA's exact delta), and
+        its result plus a zero base is its merged task vector."""
+        sh = self._shared
+        shape = sh.base[key].shape
+        deltas = [sh.deltas[i][key].reshape(-1) for i in self._experts]
+        inputs = [sh.zero(deltas[0].numel())] + deltas
+        fused = bool(spec.fused) and sh.dtype == torch.float32 and kernels.enabled() \
+            and kernels.load({sh.dtype}, {sh.dtype}, len(deltas), True)
+        workers = torch.get_num_threads()
+        out = torch.empty(deltas[0].numel(), dtype=sh.dtype)
+        scratch = sh.scratch.setdefault((len(inputs), workers), [
+            new_scratch(len(inputs), sh.dtype) for _ in range(workers)])
+        seeds = ([zlib.crc32(f"{seed}/{key}/{i}".encode()) for i in range(len(deltas))]
+                 if spec.random else None)
+        # As the engine: one intra-op thread per operation, slices spread over Python threads.
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        try:
+            with torch_threads(1):
+                view = _CachingSlicedTensor(sh, self._experts, key, inputs, has_base=True,
+                                            dtype=sh.dtype, pool=pool, fused=fused)
+                try:
+                    merge_sliced(spec, hp, view, out, seeds=seeds, state=state,
+                                 scratch=scratch)
+                except ValueError as err:
+                    raise IncompatibleModelsError(
+                        f"tensor '{key}': {spec.name} failed: {err}") from err
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        return out.view(shape)
 
     def _prepare(self, spec: MergeMethod, kwargs: dict, ident: tuple) -> Any:
         """The method's whole-model pass (e.g. TIES's model-wide thresholds), once per

@@ -147,6 +147,20 @@ def test_a_lambda_sweep_reuses_one_merge_and_is_never_stale(zoo):
                                          {"density": 0.3, "lambda": 1.0})[key])
 
 
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
+def test_a_density_sweep_gives_fresh_merges_from_sorted_magnitudes(zoo, method):
+    tv = TaskVectors(zoo["base"], zoo["experts"])
+    for density in [0.3, 0.5, 0.3, 0.05, 0.95]:
+        params = {"density": density, "lambda": 0.9}
+        if method == "breadcrumbs_ties":
+            params["gamma"] = 0.02
+        _assert_same(tv.merge(method, params),
+                     merge_state_dicts(method, zoo["base"], zoo["experts"], params))
+    # From the second density on, the cuts came from the sorted magnitudes.
+    big = "model.layers.1.mlp.big.weight"  # two slices, tied magnitudes at the cuts
+    assert {(0, big), (2, big)} <= set(tv._shared.sorted_bits)
+
+
 def test_the_cache_is_bounded_by_bytes(zoo):
     tv = TaskVectors(zoo["base"], zoo["experts"], cache_bytes=2_000_000)  # one merge fits
     for density in [0.2, 0.4, 0.6]:
@@ -154,6 +168,7 @@ def test_the_cache_is_bounded_by_bytes(zoo):
         tv.merge("ties", {"density": density})
     assert tv._shared.merged_bytes <= 2_000_000
     assert len(tv._shared.merged) == 1
+    assert tv._shared.sorted_bytes <= 2_000_000
 
 
 def test_select_merges_only_the_chosen_experts(zoo, tmp_path):
