@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -64,10 +65,30 @@ class _Shared:
     cuts: dict = field(default_factory=dict)  # (expert, key, k) -> TopKCut
     states: dict = field(default_factory=dict)  # prepare passes' results
     zeros: torch.Tensor | None = None  # the zero "base" of slice-by-slice merges of deltas
-    scratch: dict = field(default_factory=dict)  # (inputs, workers) -> slice buffers
+    scratch: dict = field(default_factory=dict)  # thread -> inputs -> slice buffers
     seen_ks: dict = field(default_factory=dict)  # (expert, key) -> the ks cut so far
     sorted_bits: dict = field(default_factory=dict)  # (expert, key) -> sorted magnitude bits
     sorted_bytes: int = 0  # bounded by cache_bytes, like the merges
+
+    _pool: ThreadPoolExecutor | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reserve(self, size: int) -> bool:
+        """Count `size` more bytes of sorted magnitudes, if they fit in `cache_bytes`."""
+        with self._lock:
+            if self.sorted_bytes + size > self.cache_bytes:
+                return False
+            self.sorted_bytes += size
+            return True
+
+    def pool(self, workers: int) -> ThreadPoolExecutor:
+        """The compute threads of slice-by-slice merges, kept for the next merge."""
+        if self._pool is None or self._pool._max_workers != workers:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(max_workers=workers,
+                                            thread_name_prefix="mergezoo-memory")
+        return self._pool
 
     def zero(self, n: int) -> torch.Tensor:
         if self.zeros is None or self.zeros.numel() < n:
@@ -138,14 +159,13 @@ class _CachingSlicedTensor(SlicedTensor):
                 continue
             tensor = (self.experts[i], self.key)
             ordered = sh.sorted_bits.get(tensor)
-            if ordered is None and sh.seen_ks.get(tensor, set()) - {k} \
-                    and sh.sorted_bytes + 4 * self.n <= sh.cache_bytes:
-                ordered = np.sort(self.magnitude_bits(i)(slice(0, self.n)).numpy())
+            if ordered is None and sh.seen_ks.get(tensor, set()) - {k} and sh.reserve(4 * self.n):
+                bits = self.magnitude_bits(i)
+                ordered = [np.sort(bits(part).numpy()) for part in self.parts]
                 sh.sorted_bits[tensor] = ordered
-                sh.sorted_bytes += ordered.nbytes
             sh.seen_ks.setdefault(tensor, set()).add(k)
             if ordered is not None:
-                sh.cuts[ids[j]] = self._cut_from_sorted(ordered, k, i)
+                sh.cuts[ids[j]] = _cut_from_sorted(ordered, k)
             else:
                 missing.append(j)
         if missing:
@@ -154,23 +174,35 @@ class _CachingSlicedTensor(SlicedTensor):
                 sh.cuts[ids[j]] = cut
         return [None if k is None else sh.cuts[i] for k, i in zip(ks, ids)]
 
-    def _cut_from_sorted(self, ordered: np.ndarray, k: int, i: int) -> TopKCut:
-        """The cut `TopKCut.find` gives (the k-th largest magnitude; of the entries equal to
-        it, the first ones in slice order), from the sorted magnitude bits."""
-        n = ordered.size
-        threshold = int(ordered[n - k])
-        ties = k - (n - int(np.searchsorted(ordered, threshold, "right")))
-        if len(self.parts) == 1:
-            equal = [int(np.searchsorted(ordered, threshold, "right")
-                         - np.searchsorted(ordered, threshold, "left"))]
+
+def _cut_from_sorted(parts: list[np.ndarray], k: int) -> TopKCut:
+    """The cut `TopKCut.find` gives (the k-th largest magnitude; of the entries equal to it,
+    the first ones in slice order) from each slice's sorted magnitude bits: the threshold is
+    the largest bit pattern that at least k entries reach (a binary search over the patterns,
+    counting in every slice by binary search)."""
+    def at_least(v: int) -> int:
+        value = np.int32(v)
+        return sum(p.size - int(np.searchsorted(p, value, "left")) for p in parts)
+
+    if len(parts) == 1:
+        low = high = int(parts[0][parts[0].size - k])
+    else:
+        low, high = 0, (1 << 31) - 1  # at_least(low) >= k > at_least(high + 1)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if at_least(mid) >= k:
+            low = mid
         else:
-            bits = self.magnitude_bits(i)
-            equal = [int(torch.count_nonzero(bits(part) == threshold)) for part in self.parts]
-        allowed = []
-        for count in equal:
-            allowed.append(min(ties, count))
-            ties -= allowed[-1]
-        return TopKCut(threshold, allowed, equal)
+            high = mid - 1
+    threshold = np.int32(low)
+    above = [p.size - int(np.searchsorted(p, threshold, "right")) for p in parts]
+    equal = [p.size - int(np.searchsorted(p, threshold, "left")) - a for p, a in zip(parts, above)]
+    ties = k - sum(above)
+    allowed = []
+    for count in equal:  # the tied entries that belong to the top k come first
+        allowed.append(min(ties, count))
+        ties -= allowed[-1]
+    return TopKCut(int(threshold), allowed, equal)
 
 
 class TaskVectors:
@@ -316,11 +348,10 @@ class TaskVectors:
         if cached is not None:
             sh.merged.move_to_end(ident)
         fresh: StateDict = {}
-        out: StateDict = {}
-        for key, ref in sh.reference.items():
-            if not ref.is_floating_point():  # integer buffers are copied from the reference
-                out[key] = ref.clone()
-                continue
+        out: StateDict = {key: ref.clone() for key, ref in sh.reference.items()
+                          if not ref.is_floating_point()}  # integers: from the reference
+
+        def merge_key(key: str) -> torch.Tensor:
             hp = _specialize(spec, kwargs, key, sh.positions[key])
             if linear:
                 lam = hp[linear]
@@ -328,15 +359,30 @@ class TaskVectors:
                 if unscaled is None:
                     unscaled = fresh[key] = self._merge_one(spec, {**hp, linear: 1.0}, key,
                                                             use_base, state, seed)
-                # The method's own last step, `mixed.mul_(lambda_)` (skipped at 1).
-                merged = unscaled * lam if lam != 1 else unscaled.clone()
+                # The method's own last step, `mixed.mul_(lambda_)` (skipped at 1); the
+                # cached tensor itself is never changed.
+                owned = lam != 1
+                merged = unscaled * lam if owned else unscaled
             else:
-                merged = self._merge_one(spec, hp, key, use_base, state, seed)
-            if spec.returns == "delta":
+                merged, owned = self._merge_one(spec, hp, key, use_base, state, seed), True
+            if spec.returns == "delta":  # the engine's (merged * LiNeS scale) + base
                 scale = lines.scale(sh.positions[key]) if lines else 1.0
-                merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(sh.base[key])
+                if scale != 1.0:
+                    merged, owned = (merged.mul_(scale) if owned else merged * scale), True
+                merged = merged.add_(sh.base[key]) if owned else merged + sh.base[key]
             self._check_finite(key, merged, use_base)
-            out[key] = merged.to(out_dtype or ref.dtype)
+            return merged.to(out_dtype or sh.reference[key].dtype)
+
+        workers = torch.get_num_threads()
+        if self._sliced(spec, use_base) and workers > 1:
+            # Most tensors are one slice: merge several tensors side by side, each on one
+            # intra-op thread (torch releases the GIL inside operations and kernels).
+            with torch_threads(1):
+                merged = list(sh.pool(workers).map(merge_key, sh.float_keys))
+        else:
+            merged = [merge_key(key) for key in sh.float_keys]
+        out.update(zip(sh.float_keys, merged))
+        out = {key: out[key] for key in sh.reference}  # the reference's order
         if linear and cached is None:
             sh.remember(ident, fresh)
         return out
@@ -390,27 +436,23 @@ class TaskVectors:
         inputs = [sh.zero(deltas[0].numel())] + deltas
         fused = bool(spec.fused) and sh.dtype == torch.float32 and kernels.enabled() \
             and kernels.load({sh.dtype}, {sh.dtype}, len(deltas), True)
-        workers = torch.get_num_threads()
         out = torch.empty(deltas[0].numel(), dtype=sh.dtype)
-        scratch = sh.scratch.setdefault((len(inputs), workers), [
-            new_scratch(len(inputs), sh.dtype) for _ in range(workers)])
+        # Slice buffers for the torch functions, one set per thread (tensors are merged on
+        # several threads at once, see `merge`).
+        buffers = sh.scratch.setdefault(threading.get_ident(), {})
+        scratch = buffers.setdefault(len(inputs), [new_scratch(len(inputs), sh.dtype)])
         seeds = ([zlib.crc32(f"{seed}/{key}/{i}".encode()) for i in range(len(deltas))]
                  if spec.random else None)
-        # As the engine: one intra-op thread per operation, slices spread over Python threads.
-        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-        try:
-            with torch_threads(1):
-                view = _CachingSlicedTensor(sh, self._experts, key, inputs, has_base=True,
-                                            dtype=sh.dtype, pool=pool, fused=fused)
-                try:
-                    merge_sliced(spec, hp, view, out, seeds=seeds, state=state,
-                                 scratch=scratch)
-                except ValueError as err:
-                    raise IncompatibleModelsError(
-                        f"tensor '{key}': {spec.name} failed: {err}") from err
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+        # One intra-op thread per operation, as in the engine; the caller spreads tensors over
+        # its threads.
+        with torch_threads(1):
+            view = _CachingSlicedTensor(sh, self._experts, key, inputs, has_base=True,
+                                        dtype=sh.dtype, pool=None, fused=fused)
+            try:
+                merge_sliced(spec, hp, view, out, seeds=seeds, state=state, scratch=scratch)
+            except ValueError as err:
+                raise IncompatibleModelsError(
+                    f"tensor '{key}': {spec.name} failed: {err}") from err
         return out.view(shape)
 
     def _prepare(self, spec: MergeMethod, kwargs: dict, ident: tuple) -> Any:

@@ -265,3 +265,14 @@ def test_bad_inputs_raise_named_errors(zoo):
         tv.merge("average", lines=LiNeS(0.5, 0.5))
     with pytest.raises(RecipeError, match="device"):
         TaskVectors(base, experts, device="tpu")
+
+
+def test_one_thread_and_several_give_the_same_tensors(zoo):
+    from mergezoo.merge.threads import torch_threads
+
+    tensors = {}
+    for threads in (1, 2):
+        with torch_threads(threads):
+            tv = TaskVectors(zoo["base"], zoo["experts"])
+            tensors[threads] = tv.merge("dare_ties", {"density": 0.4}, seed=5)
+    _assert_same(tensors[1], tensors[2])
