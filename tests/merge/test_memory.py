@@ -276,3 +276,15 @@ def test_one_thread_and_several_give_the_same_tensors(zoo):
             tv = TaskVectors(zoo["base"], zoo["experts"])
             tensors[threads] = tv.merge("dare_ties", {"density": 0.4}, seed=5)
     _assert_same(tensors[1], tensors[2])
+
+
+def test_from_folders_merges_a_diffusers_component(zoo, tmp_path):
+    name = "diffusion_pytorch_model.safetensors"
+    base_dir = save_model(tmp_path / "base" / "unet", zoo["base"], filename=name).parent
+    expert_dirs = [save_model(tmp_path / f"e{i}" / "unet", e, filename=name).parent
+                   for i, e in enumerate(zoo["experts"][:2])]
+    tv = TaskVectors.from_folders(base_dir, expert_dirs, component="unet")
+    want = TaskVectors(zoo["base"], zoo["experts"][:2]).merge("ties", {"density": 0.3})
+    _assert_same(tv.merge("ties", {"density": 0.3}), want)
+    with pytest.raises(RecipeError, match="no component folder 'vae'"):
+        TaskVectors.from_folders(base_dir, expert_dirs, component="vae")
