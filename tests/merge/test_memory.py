@@ -108,6 +108,19 @@ def test_same_tensors_as_the_streaming_engine(zoo, tmp_path, case):
     _assert_same(tv.merge(method, params, model_params, seed=seed), want)
 
 
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs", "dare_linear", "consensus",
+                                    "task_arithmetic"])
+def test_the_whole_tensor_path_gives_the_same_tensors(zoo, tmp_path, monkeypatch, method):
+    """The path CUDA takes (whole tensors through the method's torch function, cuts from the
+    cached per-tensor pass), run here on CPU."""
+    _, params, model_params, seed = CASES[method]
+    want = _engine(zoo, tmp_path, method, [0, 1, 2], params, model_params, seed)
+    monkeypatch.setattr(TaskVectors, "_sliced", lambda self, spec, use_base: False)
+    tv = TaskVectors(zoo["base"], zoo["experts"])
+    for _ in range(2):  # the second time from the caches
+        _assert_same(tv.merge(method, params, model_params, seed=seed), want)
+
+
 def test_lines_and_out_dtype_as_the_engine(zoo, tmp_path):
     lines = LiNeS(alpha=0.3, beta=0.9)
     want = _engine(zoo, tmp_path, "ties", [0, 1, 2], {"density": 0.4, "lambda": 0.9}, None, 0,
