@@ -236,13 +236,12 @@ class TaskVectors:
         if reference is None:
             raise RecipeError("task vectors need their base model")
         ref_src = StateDictSource(reference, "base" if base is not None else labels[0])
-        _check_sources(ref_src, [StateDictSource(e, label) for e, label, d in
-                                 zip(experts, labels, given) if e is not None and e is not reference])
+        check_compatible(ref_src, [StateDictSource(e, label) for e, label in zip(experts, labels)
+                                   if e is not None and e is not reference])
         float_keys = [k for k, t in reference.items() if t.is_floating_point()]
-        for d, label in zip(given, labels):
-            if d is not None:
-                _check_sources(StateDictSource({k: reference[k] for k in float_keys}, ref_src.label),
-                               [StateDictSource(d, f"{label} (task vector)")])
+        floats = StateDictSource({k: reference[k] for k in float_keys}, ref_src.label)
+        check_compatible(floats, [StateDictSource(d, f"{label} (task vector)")
+                                  for d, label in zip(given, labels) if d is not None])
         base32 = None if base is None else {
             k: base[k].to(dev, dtype=dtype) for k in float_keys}
         deltas = None
@@ -336,7 +335,8 @@ class TaskVectors:
         check_counts(spec, n, sh.base is not None)
         kwargs = spec.resolve(params or {}, model_params or [], n)
         if lines is not None and spec.returns != "delta":
-            raise RecipeError(f"LiNeS scales task vectors; method '{spec.name}' does not produce one")
+            raise RecipeError(
+                f"LiNeS scales task vectors; method '{spec.name}' does not produce one")
         use_base = sh.base is not None and bool(spec.needs.base)
         linear = spec.hyperparameters[spec.linear].arg if spec.linear else None
         # Everything but the linear hyperparameter decides the unscaled merge.
@@ -490,10 +490,6 @@ def merge_state_dicts(method: str, base: StateDict | None, experts: list[StateDi
     (model_params, lines, seed, out_dtype)."""
     init = {k: kw.pop(k) for k in ("labels", "device", "dtype") if k in kw}
     return TaskVectors(base, experts, cache_bytes=0, **init).merge(method, params, **kw)
-
-
-def _check_sources(reference: TensorSource, others: list[TensorSource]) -> None:
-    check_compatible(reference, others)
 
 
 def _read_all(src: TensorSource) -> StateDict:
