@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "mergezoo.commands.push",
     "mergezoo.commands.build_zoo",
     "mergezoo.commands.benchmarks",
+    "mergezoo.commands.card",
+    "mergezoo.commands.reproduce",
 ]
 
 
