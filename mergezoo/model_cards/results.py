@@ -113,8 +113,7 @@ def eval_results(results: dict | None, row: dict | None, model_name: str, *,
         out.append(EvalResult(task_type=task, dataset_type=f"mergezoo/{benchmark}",
                               dataset_name=f"{benchmark}: {label}", dataset_config=config,
                               dataset_split="test", metric_type=metric,
-                              metric_name=f"{metric} ({label})", metric_value=value,
-                              source_name="mergezoo bench"))
+                              metric_name=f"{metric} ({label})", metric_value=value))
 
     for cell in order:
         value = _number(per_cell[cell])
