@@ -261,9 +261,12 @@ def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, ove
             base = result.base_path
             if recipe.component:
                 base, merged = base / recipe.component, merged / recipe.component
-            # The adapter names its base as the recipe does (a Hub ID, or a relative path).
+            # The adapter names a Hub base by its ID; a local base by nothing: an absolute path
+            # is private, and a relative one would change with where the output lies, so a
+            # re-run elsewhere (`mergezoo reproduce`) would not give the same file.
+            hub_base = provenance["base_model"].get("repo_id")
             report = extract_lora(merged, base, tmp / "adapter", recipe.rank,
-                                  base_model_name=written.base_model)
+                                  base_model_name=written.base_model if hub_base else None)
             for f in (tmp / "adapter").iterdir():
                 f.rename(tmp / f.name)
             (tmp / "adapter").rmdir()
