@@ -383,14 +383,17 @@ def write_card(model_dir: str | Path, results: dict | str | Path | None = None, 
     card = render_card(folder, results, repo_id=repo_id)
     data, results_dir = load_results(results)
     if data is not None:
-        for src, dest in _plots(data, results_dir, folder):
+        plots = _plots(data, results_dir, folder)
+        for src, dest in plots:
             if src is not None:
                 (folder / dest).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, folder / dest)
         target = folder / "results.json"
         if not (isinstance(results, (str, Path)) and Path(results).expanduser().absolute()
                 == target.absolute()):
-            _atomic_write(target, (json.dumps(data, indent=2) + "\n").encode())
+            # The copy's plot paths lead to the copies, relative to the copy.
+            copy = dict(data, plots=[dest for _, dest in plots]) if "plots" in data else data
+            _atomic_write(target, (json.dumps(copy, indent=2) + "\n").encode())
     path = folder / "README.md"
     _atomic_write(path, str(card).encode())
     return path

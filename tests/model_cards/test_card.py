@@ -114,7 +114,8 @@ def test_results_give_model_index_per_cell_that_round_trips(toys, tmp_path):
     assert "peak memory: 117.7 MiB" in text and "1.2e+09" in text
     assert "![plots/scatter.png](plots/scatter.png)" in text
     assert (out / "plots" / "scatter.png").read_bytes() == PNG
-    assert json.loads((out / "results.json").read_text())["benchmark"] == "digits-domains"
+    copied = json.loads((out / "results.json").read_text())
+    assert copied["benchmark"] == "digits-domains" and copied["plots"] == ["plots/scatter.png"]
 
 
 @pytest.mark.parametrize("results", [
@@ -172,3 +173,24 @@ def test_out_dtype_sets_the_config_dtype(toys):
                  out_dtype=torch.bfloat16)
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert json.loads((toys["experts"][0] / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_cli_refusals_name_the_culprit(toys, capsys):
+    assert main(["card", str(toys["base"])]) == 2
+    assert "no mergezoo_merge.json; only a folder written by `mergezoo merge`" in capsys.readouterr().err
+    out = toys["root"] / "never"
+    assert main(["merge", "--method", "average", str(toys["experts"][0]), str(toys["experts"][1]),
+                 "--out", str(out), "--push", "no-namespace", "-q"]) == 2
+    assert "'no-namespace': not a repo ID of the form namespace/name" in capsys.readouterr().err
+    assert not out.exists()  # refused before merging
+    assert main(["reproduce", str(toys["root"] / "missing")]) == 2
+    assert "no such folder, and not a Hub repo ID" in capsys.readouterr().err
+
+
+def test_merge_cli_writes_the_card_inside_the_atomic_output(toys):
+    out = toys["root"] / "cli"
+    assert main(["merge", "--method", "task_arithmetic", "--base", str(toys["base"]),
+                 *map(str, toys["experts"]), "--set", "lambda=0.3", "--out", str(out), "-q"]) == 0
+    card, front = parse_card(out / "README.md")
+    assert "`lambda`: 0.3" in str(card) and front["tags"][2] == "task_arithmetic"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".cli")]

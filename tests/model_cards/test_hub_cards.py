@@ -161,3 +161,16 @@ def test_peft_lora_output_card(tiny, tmp_path):
     report = reproduce(out)
     assert report.ok and {"adapter_model.safetensors", "adapter_config.json",
                           "lora_errors.json"} <= set(report.compared)
+
+
+def test_reproduce_from_the_hub_refuses_local_inputs_by_name(hub, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
+    out = tmp_path / "local-merge"
+    assert main(["merge", "--method", "average", str(tiny.llama_experts[0]),
+                 str(tiny.llama_experts[1]), "--out", str(out), "--push", "org/local-merge",
+                 "-q"]) == 0
+    _, front = parse_card(out / "README.md")
+    assert "base_model" not in front
+    with pytest.raises(ReproduceError, match=r"org/local-merge: input '.*llama-expert-0' was a "
+                                             r"local folder when merged, so it cannot be fetched"):
+        reproduce("org/local-merge")
