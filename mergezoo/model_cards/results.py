@@ -50,12 +50,25 @@ def load_results(results: dict | str | Path | None) -> tuple[dict | None, Path |
     return data, where
 
 
+def _canonical(method: object) -> object:
+    """A method's registered name (`linear` is `average`); other names as they are."""
+    from mergezoo.errors import UnknownMethodError
+    from mergezoo.merge.registry import get_method
+
+    try:
+        return get_method(str(method)).name
+    except UnknownMethodError:
+        return method
+
+
 def method_rows(results: dict | None, method: str) -> list[dict]:
-    """The merge rows of `method` (rows of kind "baseline" are never a merge's own)."""
+    """The merge rows of `method`, by name or alias (rows of kind "baseline" are never a
+    merge's own)."""
     if not results:
         return []
-    return [r for r in results.get("rows", [])
-            if r.get("method") == method and r.get("kind", "merge") != "baseline"]
+    wanted = _canonical(method)
+    return [r for r in results.get("rows", []) if r.get("kind", "merge") != "baseline"
+            and (r.get("method") == method or _canonical(r.get("method")) == wanted)]
 
 
 def baseline_rows(results: dict | None) -> list[dict]:

@@ -120,6 +120,7 @@ def test_results_give_model_index_per_cell_that_round_trips(toys, tmp_path):
 
 @pytest.mark.parametrize("results", [
     {"rows": [{"method": "ties", "held_in": 0.8}]},                      # only required fields
+    {"rows": [{"method": "linear", "held_in": 0.8}]},                    # another method's alias
     {"rows": [{"method": "ties", "held_in": None, "per_cell": {"c": 0.5}}], "cells": []},
     {"rows": [{"method": "average", "held_in": 0.3}], "benchmark": "b"},  # no row of ties
     {"rows": []},
@@ -194,3 +195,11 @@ def test_merge_cli_writes_the_card_inside_the_atomic_output(toys):
     card, front = parse_card(out / "README.md")
     assert "`lambda`: 0.3" in str(card) and front["tags"][2] == "task_arithmetic"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".cli")]
+
+
+def test_a_row_named_by_alias_is_the_methods_row(toys):
+    out = toys["root"] / "soup"
+    merge_models("average", toys["experts"][:2], out_dir=out, progress=False)
+    card, _ = parse_card(write_card(out, {"rows": [{"method": "linear", "n_models": 2,
+                                                    "held_in": 0.7, "held_out": 0.4}]}))
+    assert [r.metric_value for r in card.data.eval_results] == [0.7, 0.4]
