@@ -289,7 +289,7 @@ def render_card(model_dir: str | Path, results: dict | str | Path | None = None,
 
     rows = method_rows(data, method) + baseline_rows(data)
     result_rows = [{"method": _cell(r.get("method")) + (" (baseline)" if r.get("kind") == "baseline"
-                                                         else ""),
+                                                         else " (this model)" if r is row else ""),
                     "hyperparameters": _cell(r.get("hyperparameters") or "-"),
                     "n_models": _cell(r.get("n_models", "-")),
                     "held_in": _score(r, "held_in"), "held_out": _score(r, "held_out"),
@@ -305,7 +305,7 @@ def render_card(model_dir: str | Path, results: dict | str | Path | None = None,
     seeds = (data or {}).get("seeds")
     results_intro = (f"On the `{benchmark or 'benchmark'}` compositional benchmark ({metric} on "
                      "the test split"
-                     + (f", mean over expert seeds {seeds}, 95% interval in brackets" if seeds
+                     + (f", mean over expert seeds {seeds}, confidence interval in brackets" if seeds
                         else "") + "; normalised: (merge - base) / (expert or oracle - base)). "
                      f"Rows of `{method}`" + (" and the baselines, for comparison" if
                                              baseline_rows(data) else "") + ":")

@@ -110,6 +110,7 @@ def test_results_give_model_index_per_cell_that_round_trips(toys, tmp_path):
     assert all(r["metrics"][0]["type"] == "accuracy" for r in index)
     text = (out / "README.md").read_text()
     assert "0.910 [0.900, 0.920]" in text and "base (baseline)" in text
+    assert '| ties (this model) | {"lambda": 1.0, "density": 0.5} |' in text
     assert "tuned on held-in validation data by `mergezoo bench` (11 evaluations" in text
     assert "peak memory: 117.7 MiB" in text and "1.2e+09" in text
     assert "![plots/scatter.png](plots/scatter.png)" in text
