@@ -226,9 +226,9 @@ def render_card(model_dir: str | Path, results: dict | str | Path | None = None,
     method = str(provenance["method"])
     try:
         spec = get_method(method)
-        paper, needs = spec.paper, spec.needs.describe()
+        paper, needs, data_need = spec.paper, spec.needs.describe(), spec.needs.data
     except UnknownMethodError:
-        paper, needs = None, {}
+        paper, needs, data_need = None, {}, None
     hyperparameters = provenance.get("hyperparameters") or {}
     inputs = _inputs(provenance)
     experts = provenance.get("models") or []
@@ -325,14 +325,14 @@ def render_card(model_dir: str | Path, results: dict | str | Path | None = None,
                       "FLOPs: not reported")
     if isinstance(cost.get("tuning_evals"), (int, float)):
         cost_lines.append(f"hyperparameter search: {int(cost['tuning_evals'])} evaluations")
-    requires = (row or {}).get("requires") or needs
+    requires = {**needs, **((row or {}).get("requires") or {})}
     base_need = requires.get("base_model")
     requires_lines = [
         "base model: " + ("yes" if base_need is True else "optional" if base_need == "optional"
                           else "no" if base_need is False else "unknown"),
         "statistics: " + (str(requires["statistics"]) if requires.get("statistics") else "none"),
-        "data: " + ("labelled" if requires.get("labels") is True else "unlabelled"
-                    if requires.get("labels") is False else "none"),
+        "data while merging: " + (data_need or "none"),
+        "labels: " + ("yes" if requires.get("labels") is True else "no"),
     ]
     output_line = ("a PEFT LoRA adapter of rank "
                    f"{provenance.get('rank')} (the merged delta re-factorised by truncated SVD; "

@@ -113,6 +113,7 @@ def test_results_give_model_index_per_cell_that_round_trips(toys, tmp_path):
     assert '| ties (this model) | {"lambda": 1.0, "density": 0.5} |' in text
     assert "tuned on held-in validation data by `mergezoo bench` (11 evaluations" in text
     assert "peak memory: 117.7 MiB" in text and "1.2e+09" in text
+    assert "- base model: yes\n- statistics: none\n- data while merging: none\n- labels: no" in text
     assert "![plots/scatter.png](plots/scatter.png)" in text
     assert (out / "plots" / "scatter.png").read_bytes() == PNG
     copied = json.loads((out / "results.json").read_text())
