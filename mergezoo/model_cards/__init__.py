@@ -9,7 +9,8 @@ Example:
     >>> write_card("merged", results="results.json")      # doctest: +SKIP
 """
 
-from mergezoo.model_cards.card import read_merge, render_card, write_card
+from mergezoo.model_cards.card import read_merge, refresh_card, render_card, write_card
 from mergezoo.model_cards.reproduce import ReproduceReport, reproduce
 
-__all__ = ["ReproduceReport", "read_merge", "render_card", "reproduce", "write_card"]
+__all__ = ["ReproduceReport", "read_merge", "refresh_card", "render_card", "reproduce",
+           "write_card"]

@@ -397,3 +397,21 @@ def write_card(model_dir: str | Path, results: dict | str | Path | None = None, 
     path = folder / "README.md"
     _atomic_write(path, str(card).encode())
     return path
+
+
+def refresh_card(model_dir: str | Path, repo_id: str) -> bool:
+    """Before a push: re-render an untouched mergezoo card so its snippets name `repo_id`
+    instead of the local folder. A card edited by hand (or a folder that is not a mergezoo
+    merge) is left alone. Returns whether the card was rewritten."""
+    folder = Path(model_dir).expanduser()
+    card = folder / "README.md"
+    if not (folder / PROVENANCE_FILE).is_file() or not card.is_file():
+        return False
+    results = folder / "results.json" if (folder / "results.json").is_file() else None
+    try:
+        untouched = str(render_card(folder, results)) == card.read_text()
+    except ModelCardError:
+        return False
+    if untouched:
+        _atomic_write(card, str(render_card(folder, results, repo_id=repo_id)).encode())
+    return untouched

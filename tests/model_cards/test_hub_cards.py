@@ -174,3 +174,21 @@ def test_reproduce_from_the_hub_refuses_local_inputs_by_name(hub, tiny, tmp_path
     with pytest.raises(ReproduceError, match=r"org/local-merge: input '.*llama-expert-0' was a "
                                              r"local folder when merged, so it cannot be fetched"):
         reproduce("org/local-merge")
+
+
+def test_push_names_the_repo_in_an_untouched_card_and_keeps_an_edited_one(hub, tiny, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
+    out = tmp_path / "merged"
+    assert main(["merge", "--method", "average", str(tiny.llama_experts[0]),
+                 str(tiny.llama_experts[1]), "--out", str(out), "-q"]) == 0
+    assert "mergezoo reproduce ./merged" in (out / "README.md").read_text()
+    assert main(["push", str(out), "org/soup"]) == 0
+    pushed = hub.state.get_repo("org/soup").resolve("main").files["README.md"].data.decode()
+    assert "mergezoo reproduce org/soup" in pushed and "reproduce ./merged" not in pushed
+    assert "from_pretrained('org/soup'" in pushed
+    parse_card(out / "README.md")
+    edited = (out / "README.md").read_text() + "\nA note by hand.\n"
+    (out / "README.md").write_text(edited)
+    assert main(["push", str(out), "org/soup2"]) == 0
+    assert hub.state.get_repo("org/soup2").resolve("main").files["README.md"].data.decode() == edited
