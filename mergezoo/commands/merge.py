@@ -123,10 +123,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.push:
         args.usage_error("the following arguments are required: --out (or --push ORG/NAME)")
     recipe = build_recipe(args)
-    if args.push:  # refuse a bad repo ID before the merge, not after it
+    if args.push:  # refuse a bad repo ID or a missing token before the merge, not after it
+        from mergezoo.errors import HubAccessError
+        from mergezoo.zoo.hub import token_source
         from mergezoo.zoo.push import check_repo_id
 
         check_repo_id(args.push)
+        if token_source(None) is None:
+            raise HubAccessError(f"{args.push}: pushing needs a Hub token with write access; "
+                                 "none was found: set the HF_TOKEN environment variable (or run "
+                                 "`hf auth login`)")
     scratch = Path(tempfile.mkdtemp(prefix="mergezoo-push-")) if not args.out else None
     out = Path(args.out) if args.out else scratch / args.push.split("/")[-1]
     try:

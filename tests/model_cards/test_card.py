@@ -178,7 +178,7 @@ def test_out_dtype_sets_the_config_dtype(toys):
     assert json.loads((toys["experts"][0] / "config.json").read_text())["dtype"] == "float32"
 
 
-def test_cli_refusals_name_the_culprit(toys, capsys):
+def test_cli_refusals_name_the_culprit(toys, capsys, monkeypatch):
     assert main(["card", str(toys["base"])]) == 2
     assert "no mergezoo_merge.json; only a folder written by `mergezoo merge`" in capsys.readouterr().err
     out = toys["root"] / "never"
@@ -186,6 +186,12 @@ def test_cli_refusals_name_the_culprit(toys, capsys):
                  "--out", str(out), "--push", "no-namespace", "-q"]) == 2
     assert "'no-namespace': not a repo ID of the form namespace/name" in capsys.readouterr().err
     assert not out.exists()  # refused before merging
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("mergezoo.zoo.hub.get_token", lambda: None)  # no stored token either
+    assert main(["merge", "--method", "average", str(toys["experts"][0]), str(toys["experts"][1]),
+                 "--out", str(out), "--push", "org/x", "-q"]) == 2
+    assert "pushing needs a Hub token with write access" in capsys.readouterr().err
+    assert not out.exists()
     assert main(["reproduce", str(toys["root"] / "missing")]) == 2
     assert "no such folder, and not a Hub repo ID" in capsys.readouterr().err
 
