@@ -289,6 +289,7 @@ def render_card(model_dir: str | Path, results: dict | str | Path | None = None,
 
     rows = method_rows(data, method) + baseline_rows(data)
     result_rows = [{"method": _cell(r.get("method")) + (" (baseline)" if r.get("kind") == "baseline"
+                                                         else " (scaling)" if r.get("kind") == "scaling"
                                                          else " (this model)" if r is row else ""),
                     "hyperparameters": _cell(r.get("hyperparameters") or "-"),
                     "n_models": _cell(r.get("n_models", "-")),
