@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import yaml
 
 from mergezoo.errors import RecipeError
-from mergezoo.merge import MergeRecipe, run_recipe
+
+if TYPE_CHECKING:  # the merge package imports torch: not needed for `mergezoo --help`
+    from mergezoo.merge import MergeRecipe
 
 EPILOG = """examples:
   mergezoo merge recipe.yaml --out merged
@@ -84,6 +87,8 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def build_recipe(args: argparse.Namespace) -> MergeRecipe:
+    from mergezoo.merge import MergeRecipe
+
     """The recipe the command line describes (a recipe file, flags, or both)."""
     if args.method:
         data = {"merge_method": args.method, "models": list(args.inputs)}
@@ -112,6 +117,8 @@ def build_recipe(args: argparse.Namespace) -> MergeRecipe:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergezoo.merge import run_recipe
+
     import shutil
     import tempfile
     from pathlib import Path
