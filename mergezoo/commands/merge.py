@@ -24,7 +24,8 @@ environment:
                       large enough to win back loading them (~0.1 s); fused: always; eager:
                       never. Outputs are byte-identical either way. --kernels sets it too.
   MERGEZOO_KERNEL_CACHE
-                      where compiled kernels are kept (default ~/.cache/mergezoo/kernels)"""
+                      where compiled kernels are kept (default ~/.cache/mergezoo/kernels); it must
+                      be owned by you and writable by no one else (else an error)"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

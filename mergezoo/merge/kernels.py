@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mergezoo.errors import ConfigurationError
+from mergezoo.errors import ConfigurationError, MergezooError
 from mergezoo.merge import jit
 from mergezoo.merge.ops import CHUNK, check_sign_rule, divisor_floor, drop_threshold, linear_divisor
 
@@ -160,6 +160,8 @@ def _load(key: tuple) -> bool:
         if has_base:
             band_scan(tiny, [tiny] * n_models, [0] * n_models, [1] * n_models)
             magnitudes(tiny, tiny, slice(0, 16, 2))
+    except MergezooError:  # the user's setting (an unsafe MERGEZOO_KERNEL_CACHE): say so
+        raise
     except Exception:  # noqa: BLE001 - kernels that cannot load leave merges to torch
         logger.warning("fused merge kernels unavailable; merging with torch", exc_info=True)
         return False
