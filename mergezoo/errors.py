@@ -75,3 +75,16 @@ class HubUnavailableError(MergezooError):
 
 class RepoNotEmptyError(OutputExistsError):
     """Pushing over an existing, non-empty repo without `overwrite` or `create_pr`."""
+
+
+class UnsafePathError(MergezooError):
+    """A path named by a model's own files (an index, model_index.json, adapter_config.json, a
+    symbolic link, a Hub file name) would leave the model's folder."""
+
+
+class BadCheckpointError(MergezooError):
+    """A weights file is malformed or unreadable (its header, its length, its dtypes)."""
+
+
+class OutputBusyError(MergezooError):
+    """Another merge is writing the same output path."""

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
+from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError, UnsafePathError
 from mergezoo.merge import kernels
 from mergezoo.merge.buffers import BufferRing
 from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
@@ -39,6 +39,7 @@ from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
 from mergezoo.merge.threads import torch_threads
 from mergezoo.merge.sources import TensorSource
 from mergezoo.merge.writer import ShardedSafetensorsWriter, atomic_output_dir
+from mergezoo.zoo.paths import leaves
 
 logger = logging.getLogger(__name__)
 
@@ -391,6 +392,10 @@ def copy_model_files(src: Path, dst: Path, *, skip_weights_in: set[str] | None =
             path.name.endswith(".safetensors.index.json") or path.name.endswith(".bin.index.json")
         if (is_weight and parent in skip) or rel.as_posix() == "README.md":
             continue
+        outside = leaves(src, path)
+        if outside is not None:  # e.g. tokenizer.json -> ~/.cache/huggingface/token
+            raise UnsafePathError(f"{src}: {rel.as_posix()} is a link to a file outside the "
+                                  f"model folder ({outside}); it is not copied into a merge")
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)

@@ -19,8 +19,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from safetensors import safe_open
 
-from mergezoo.errors import ModelNotFoundError, UnsafeCheckpointError
+from mergezoo.errors import BadCheckpointError, ModelNotFoundError, UnsafeCheckpointError
 from mergezoo.zoo.manifest import PICKLE_SUFFIXES, weight_files_of
+from mergezoo.zoo.paths import member
 
 PICKLE_STEMS = {"pytorch_model": "model", "diffusion_pytorch_model": "diffusion_pytorch_model",
                 "adapter_model": "adapter_model"}
@@ -104,8 +105,14 @@ def find_weight_files(folder: Path) -> tuple[str, list[Path], bool]:
     names = sorted(p.name for p in folder.iterdir() if p.is_file())
     safetensors, pickles, index = weight_files_of(names)
     if index is not None:
-        weight_map = json.loads((folder / index).read_text())["weight_map"]
-        files = [folder / name for name in dict.fromkeys(weight_map.values())]
+        weight_map = _weight_map(folder / index)
+        # Each file an index names must lie in the folder: "/root/.cache/huggingface/token" or
+        # "../x" would make the merge read a file that is not part of the model.
+        first_key = {}
+        for key, name in weight_map.items():
+            first_key.setdefault(name if isinstance(name, str) else repr(name), (key, name))
+        files = [folder / member(name, f"{folder / index}: weight_map[{key!r}]", root=folder)
+                 for key, name in first_key.values()]
         return index.removesuffix(".safetensors.index.json"), files, False
     if safetensors:
         stem = safetensors[0].split("-0")[0].removesuffix(".safetensors")
@@ -115,6 +122,18 @@ def find_weight_files(folder: Path) -> tuple[str, list[Path], bool]:
         # transformers' pytorch_model.bin becomes model.safetensors; diffusers keeps its stem.
         return PICKLE_STEMS.get(stem, stem), [folder / name for name in pickles], True
     raise ModelNotFoundError(f"no weights (*.safetensors, or *.bin/*.pt) in {folder}")
+
+
+def _weight_map(path: Path) -> dict[str, str]:
+    """The `weight_map` of a safetensors index file, or `BadCheckpointError` naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BadCheckpointError(f"{path}: not a readable index file ({err})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise BadCheckpointError(f"{path}: no 'weight_map' object in the index file")
+    return weight_map
 
 
 def is_lora_folder(path: Path) -> bool:

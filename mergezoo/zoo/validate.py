@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from mergezoo.errors import IncompatibleModelsError, UnsafeCheckpointError
+from mergezoo.errors import IncompatibleModelsError, UnsafeCheckpointError, UnsafePathError
 from mergezoo.zoo.manifest import Component, ModelManifest, inspect_hub, inspect_local
 from mergezoo.zoo.refs import ModelRef
 
@@ -99,6 +99,12 @@ def _implied_lora_base(manifests: list[ModelManifest], *, token: str | None,
     ref = ModelRef.parse(name)
     if ref.is_local and not _exists(ref.spec):
         return None  # a path on the machine the adapter was trained on
+    hub_adapter = next((m for m in manifests if m.kind == "lora" and m.repo_id), None)
+    if ref.is_local and hub_adapter is not None:
+        # A Hub adapter naming a folder of this machine must not make mergezoo read it.
+        raise UnsafePathError(f"{hub_adapter.label}: adapter_config.json base_model_name_or_path "
+                              f"= {name!r} is a local path outside the model; give the base "
+                              "model explicitly (--base)")
     return _inspect(ref, token=token, component=component)
 
 
