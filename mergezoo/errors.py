@@ -82,7 +82,7 @@ class UnsafePathError(MergezooError):
     symbolic link, a Hub file name) would leave the model's folder."""
 
 
-class BadCheckpointError(MergezooError):
+class BadCheckpointError(IncompatibleModelsError):
     """A weights file is malformed or unreadable (its header, its length, its dtypes)."""
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from mergezoo.errors import RecipeError
 from mergezoo.merge import MergeRecipe, run_recipe
+from mergezoo.merge.recipe import check_yaml_size
 
 EPILOG = """examples:
   mergezoo merge recipe.yaml --out merged
@@ -67,7 +68,11 @@ def _parse_sets(items: list[str]) -> dict:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise RecipeError(f"--set expects NAME=VALUE, got {item!r}")
-        params[name.strip()] = yaml.safe_load(value)
+        check_yaml_size(value, f"--set {name.strip()}")
+        try:
+            params[name.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise RecipeError(f"--set {name.strip()}: not a YAML value ({err})") from None
     return params
 
 

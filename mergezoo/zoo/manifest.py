@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -26,6 +25,7 @@ from huggingface_hub import ModelCard, hf_hub_download
 from mergezoo.errors import IncompatibleModelsError, ModelNotFoundError, UnsafePathError
 from mergezoo.zoo.hub import hub_api, hub_errors
 from mergezoo.zoo.paths import member
+from mergezoo.zoo.safetensors_header import read_header
 from mergezoo.zoo.refs import ModelRef
 
 # File stems that transformers, diffusers and peft save weights under, in order of preference.
@@ -281,13 +281,9 @@ def _component(name: str, files: list[str], manifest: ModelManifest,
 
 
 def read_local_header(path: Path, label: str) -> dict[str, TensorMeta]:
-    """Tensor names, shapes and dtypes of a safetensors file, from its header alone."""
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            return parse_safetensors_header(f.read(size))
-    except (OSError, ValueError, struct.error) as err:
-        raise IncompatibleModelsError(f"{label}: not a readable safetensors file ({err})") from err
+    """Tensor names, shapes and dtypes of a safetensors file, from its header alone (checked:
+    see `safetensors_header.read_header`)."""
+    return read_header(path, label).tensors
 
 
 def _read_json(path: Path, label: str) -> dict:
