@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from mergezoo import __version__
@@ -42,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP), raised where the program is, so that it cleans up as for Ctrl-C."""
+
+
+def _terminate(signum: int, frame) -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # one clean-up at a time: ignore repeats
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -50,14 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    handlers = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            handlers[sig] = signal.signal(sig, _terminate)
+        except ValueError:  # not the main thread (an embedding program): leave them
+            pass
     try:
         return int(args.func(args) or 0)
     except MergezooError as err:
         print(f"mergezoo {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"mergezoo {args.command}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        what = getattr(args, "interrupted_message", None) or "nothing was written"
+        how = f"terminated ({err.args[0]})" if isinstance(err, Terminated) else "interrupted"
+        print(f"mergezoo {args.command}: {how}; {what}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -88,3 +88,7 @@ class BadCheckpointError(IncompatibleModelsError):
 
 class OutputBusyError(MergezooError):
     """Another merge is writing the same output path."""
+
+
+class OutputWriteError(MergezooError):
+    """The output could not be written (no space left on the device, a quota); nothing was."""

@@ -192,14 +192,14 @@ def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, ove
     """Merge to a full model in a temporary folder, then re-factorise merged - base into a
     LoRA of `recipe.rank` by truncated SVD (errors per layer in lora_errors.json)."""
     import shutil
-    import tempfile
 
+    from mergezoo.merge.atomic import owned_temp_dir
     from mergezoo.merge.lora import extract_lora
 
     full = recipe.model_copy(update={"output": "full", "rank": None})
     out = Path(out_dir).expanduser().absolute()
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.full-", dir=out.parent))
+        scratch = owned_temp_dir(out.parent, out.name, "full")  # removed after a SIGKILL too
         try:
             result = run_recipe(full, out_dir=scratch / "merged", device=device,
                                 progress=progress, allow_pickle=allow_pickle)
