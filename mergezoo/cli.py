@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mergezoo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        what = getattr(args, "interrupted_message", None) or "nothing was written"
+        what = getattr(err, "left", None) or "nothing was written"  # set by who knows better
         how = f"terminated ({err.args[0]})" if isinstance(err, Terminated) else "interrupted"
         print(f"mergezoo {args.command}: {how}; {what}", file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130

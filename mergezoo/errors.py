@@ -92,3 +92,7 @@ class OutputBusyError(MergezooError):
 
 class OutputWriteError(MergezooError):
     """The output could not be written (no space left on the device, a quota); nothing was."""
+
+
+class InvalidRevisionError(MergezooError, ValueError):
+    """A revision is not a branch, tag or commit SHA (e.g. it holds `..` or is a path)."""
