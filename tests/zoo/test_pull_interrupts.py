@@ -52,12 +52,18 @@ def _start_pull() -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "mergezoo.cli", "pull", "org/big"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not _partials():  # downloading the weights
+    while not any(_size(p) > 1 << 20 for p in _partials()):  # a megabyte into the weights
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    time.sleep(0.3)
     return proc
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
