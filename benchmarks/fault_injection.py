@@ -160,8 +160,9 @@ class Checker:
         problem = self._cache_sound()
         if problem:
             self.failures.append(f"{what}: {problem}")
-        if self._partials() and sig != "SIGKILL":
-            self.failures.append(f"{what}: partial downloads left: {self._partials()}")
+        new = set(self._partials()) - before
+        if new and sig != "SIGKILL":
+            self.failures.append(f"{what}: partial downloads left: {sorted(new)}")
         if self.reached and before & set(self._partials()):
             self.failures.append(f"{what}: a partial download of an earlier kill remains")
         self.survived[f"pull {sig}"] += 1

@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if isinstance(err, Terminated) else 130
     finally:
         for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+            # Run as a program (no argv given), the work is over: a signal during the
+            # interpreter's own exit (a second or two of freeing torch) would only print a
+            # traceback from an exit handler.
+            signal.signal(sig, signal.SIG_IGN if argv is None else handler)
+        if argv is None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
