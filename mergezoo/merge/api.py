@@ -59,12 +59,13 @@ def check_architectures(models: list[tuple[str, Path]]) -> None:
 
 
 def _validate_before_download(refs: list[str], base: str | None, component: str | None,
-                              allow_pickle: bool) -> None:
+                              allow_pickle: bool) -> dict[str, str]:
     """Check every input's config and safetensors headers (Hub repos included) before any
-    weight is downloaded, so an impossible merge fails at once."""
+    weight is downloaded, so an impossible merge fails at once; returns the commit SHA each
+    Hub model was validated at, which its download is pinned to."""
     from mergezoo.zoo.validate import validate_experts
 
-    validate_experts(refs, base=base, component=component, allow_pickle=allow_pickle)
+    return validate_experts(refs, base=base, component=component, allow_pickle=allow_pickle)
 
 
 def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
@@ -97,10 +98,11 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
     # Check the method and its hyperparameters before touching any model (or the network).
     check_counts(spec, len(refs), base is not None)
     spec.resolve(params or {}, model_params or [], len(refs))
-    _validate_before_download(refs, str(base) if base is not None else None, component,
-                              allow_pickle)
-    resolved_base = resolve_model(base, allow_pickle=allow_pickle) if base is not None else None
-    resolved = [resolve_model(r, allow_pickle=allow_pickle) for r in refs]
+    pins = _validate_before_download(refs, str(base) if base is not None else None, component,
+                                     allow_pickle)
+    resolved_base = (resolve_model(base, allow_pickle=allow_pickle, pin=pins.get(str(base)))
+                     if base is not None else None)
+    resolved = [resolve_model(r, allow_pickle=allow_pickle, pin=pins.get(r)) for r in refs]
 
     def weights_dir(r: ResolvedModel) -> Path:
         # A diffusers LoRA repo keeps every component's factors in one root file.
@@ -242,14 +244,14 @@ def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, ove
     """Merge to a full model in a temporary folder, then re-factorise merged - base into a
     LoRA of `recipe.rank` by truncated SVD (errors per layer in lora_errors.json)."""
     import shutil
-    import tempfile
 
+    from mergezoo.merge.atomic import owned_temp_dir
     from mergezoo.merge.lora import extract_lora
 
     full = recipe.model_copy(update={"output": "full", "rank": None})
     out = Path(out_dir).expanduser().absolute()
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.full-", dir=out.parent))
+        scratch = owned_temp_dir(out.parent, out.name, "full")  # removed after a SIGKILL too
         try:
             # Local inputs are recorded relative to the LoRA's folder, not the scratch merge's.
             result = run_recipe(full, out_dir=scratch / "merged", device=device,

@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
+from mergezoo.errors import (BadCheckpointError, BadTensorError, IncompatibleModelsError,
+                             RecipeError, UnsafePathError)
 from mergezoo.merge import kernels
 from mergezoo.merge.buffers import BufferRing
 from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
@@ -39,6 +40,7 @@ from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
 from mergezoo.merge.threads import torch_threads
 from mergezoo.merge.sources import TensorSource
 from mergezoo.merge.writer import ShardedSafetensorsWriter, atomic_output_dir
+from mergezoo.zoo.paths import leaves
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,18 @@ def _touch_pages(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _checked(src: TensorSource, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """`src.get(key)`, refused unless it has the shape and dtype the source declared (those
+    the merge was planned with): the kernels and the slicing read exactly that many entries,
+    and a source whose data is shorter than its shape would have them read past its end."""
+    tensor = src.get(key)
+    if tuple(tensor.shape) != tuple(shape) or tensor.dtype != src.dtype(key):
+        raise BadCheckpointError(f"{src.label}: tensor '{key}' holds {tuple(tensor.shape)} "
+                                 f"{tensor.dtype}, but its header declares {tuple(shape)} "
+                                 f"{src.dtype(key)}")
+    return tensor
+
+
 def _first_bad_input(key: str, sources: list[TensorSource]) -> str | None:
     """The input whose tensor `key` holds NaN or Inf, read afresh (the engine's copies have
     been worked on in place by then)."""
@@ -199,12 +213,12 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
         reused buffers, on CPU; into pinned memory, for CUDA) moves that reading off the
         compute thread, and gives the engine tensors it owns and may change in place."""
         if not reference.dtype(key).is_floating_point:
-            return [reference.get(key)]
+            return [_checked(reference, key, plan[key][0])]
         if dev.type != "cpu":
-            return [src.get(key).pin_memory() for src in inputs]
+            return [_checked(src, key, plan[key][0]).pin_memory() for src in inputs]
         if not whole:  # slices are converted from the mapping itself: fault its pages in here
-            return [_touch_pages(src.get(key)) for src in inputs]
-        return [in_ring.take(turn, slot, plan[key][0], dtype).copy_(src.get(key))
+            return [_touch_pages(_checked(src, key, plan[key][0])) for src in inputs]
+        return [in_ring.take(turn, slot, plan[key][0], dtype).copy_(_checked(src, key, plan[key][0]))
                 for slot, src in enumerate(inputs)]
 
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-read")
@@ -392,6 +406,10 @@ def copy_model_files(src: Path, dst: Path, *, skip_weights_in: set[str] | None =
             path.name.endswith(".safetensors.index.json") or path.name.endswith(".bin.index.json")
         if (is_weight and parent in skip) or rel.as_posix() == "README.md":
             continue
+        outside = leaves(src, path)
+        if outside is not None:  # e.g. tokenizer.json -> ~/.cache/huggingface/token
+            raise UnsafePathError(f"{src}: {rel.as_posix()} is a link to a file outside the "
+                                  f"model folder ({outside}); it is not copied into a merge")
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)

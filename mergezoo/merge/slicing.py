@@ -42,6 +42,9 @@ class SlicedTensor:
         self.key = key
         self.flat = [t.reshape(-1) for t in inputs]
         self.n = self.flat[0].numel()
+        if any(t.numel() != self.n for t in self.flat):  # slices index every input alike
+            raise ValueError(f"tensor '{key}': the inputs hold {[t.numel() for t in self.flat]} "
+                             "entries, not one size")
         self.has_base = has_base
         self.dtype = dtype
         self.parts = chunks(self.n, torch.device("cpu"))
