@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 #: two-sided 95% Student t quantiles by degrees of freedom
+#: a held-in cell whose own expert beats the base by less than this is flagged
+MIN_GAP = 0.05
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
 
 
@@ -202,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         "methods": {m: {**agg(runs), "chosen": [r["params"] for r in runs], "runs": runs}
                     for m, runs in methods.items()},
     }
+    for cell, gap in result["gaps"].items():
+        if gap < MIN_GAP:  # (merge - base) / gap would be sampling noise
+            print(f"warning: {cell}: own expert - base = {gap:.3f} < {MIN_GAP}; its "
+                  "normalised score is not meaningful", file=sys.stderr)
     _print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
