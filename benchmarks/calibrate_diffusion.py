@@ -166,13 +166,16 @@ def main(argv: list[str] | None = None) -> int:
         return {"held_in": statistics.fmean(scores[c] for c in held_in),
                 "held_out": statistics.fmean(scores[c] for c in held_out)}
 
+    def ratio(gain: float, gap: float) -> float:
+        return gain / gap if gap else float("nan")  # no gap: undefined, not infinite
+
     def rows(scores: dict[str, float], seed: int) -> dict[str, float]:
         return {**summary(scores),
-                "norm_held_in": statistics.fmean((scores[c] - base_test[c])
-                                                 / (own[seed, c] - base_test[c])
+                "norm_held_in": statistics.fmean(ratio(scores[c] - base_test[c],
+                                                       own[seed, c] - base_test[c])
                                                  for c in held_in),
-                "norm_held_out": statistics.fmean((scores[c] - base_test[c])
-                                                  / (oracle[c] - base_test[c])
+                "norm_held_out": statistics.fmean(ratio(scores[c] - base_test[c],
+                                                        oracle[c] - base_test[c])
                                                   for c in held_out)}
 
     methods: dict[str, list[dict[str, Any]]] = {}
