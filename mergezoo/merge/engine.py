@@ -339,7 +339,7 @@ class _TensorMerger:
         if not tensors[0].is_floating_point():  # integer buffers are copied from the reference
             return out.copy_(tensors[0])
         hp = _specialize(self.spec, self.kwargs, key, self.positions[key])
-        scale = self.lines.scale(self.positions[key]) if self.lines else 1.0
+        scale = self.lines.scale(key, self.positions[key]) if self.lines else 1.0
         try:
             if self.sliced:
                 if self.scratch is None:  # a buffer set per compute thread

@@ -366,7 +366,7 @@ class TaskVectors:
             else:
                 merged, owned = self._merge_one(spec, hp, key, use_base, state, seed), True
             if spec.returns == "delta":  # the engine's (merged * LiNeS scale) + base
-                scale = lines.scale(sh.positions[key]) if lines else 1.0
+                scale = lines.scale(key, sh.positions[key]) if lines else 1.0
                 if scale != 1.0:
                     merged, owned = (merged.mul_(scale) if owned else merged * scale), True
                 merged = merged.add_(sh.base[key]) if owned else merged + sh.base[key]

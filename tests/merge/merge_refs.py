@@ -163,3 +163,39 @@ def ref_consensus(base: torch.Tensor, models: list[torch.Tensor], weights: list[
         votes = sum(1 for d in deltas if abs(d[j]) >= mask_lambda * abs(mtl - d[j]))
         out.append(bv + (lambda_ * mtl if votes >= k else 0.0))
     return unflat(out, base)
+
+
+# --- per-layer settings and LiNeS --------------------------------------------------------------
+
+def mergekit_t(key: str, n_layers: int) -> float:
+    """Where mergekit (plan.py) evaluates a gradient for tensor `key` of a model with
+    `n_layers` numbered layers (`model.layers.<i>.`): idx / (n_layers - 1) inside the layers
+    (1 for a single layer, plan_slice), t = 0 for the weights before and after them
+    (plan_module's pre_weights and post_weights: embeddings, final norm, head)."""
+    parts = key.split(".")
+    for a, b in zip(parts, parts[1:]):
+        if a == "layers" and b.isdigit():
+            return int(b) / (n_layers - 1) if n_layers > 1 else 1.0
+    return 0.0
+
+
+def mergekit_gradient(values: list[float], t: float) -> float:
+    """mergekit's evaluate_setting for a list of numbers."""
+    scaled = t * (len(values) - 1)
+    i0 = int(scaled)
+    i1 = min(len(values) - 1, i0 + 1)
+    frac = scaled - i0
+    return (1 - frac) * values[i0] + frac * values[i1]
+
+
+def lines_scalings(keys: list[str], alpha: float, beta: float, num_blocks: int) -> dict:
+    """The LiNeS code's LiNeS_scaling: the first block i with ".i." in the key scales it by
+    alpha + beta * i / (num_blocks - 1); a key in no block by alpha."""
+    out = {}
+    for k in keys:
+        out[k] = alpha
+        for i in range(num_blocks):
+            if f".{i}." in k:
+                out[k] = alpha + beta * (i / (num_blocks - 1))
+                break
+    return out

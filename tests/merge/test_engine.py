@@ -13,17 +13,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from merge_helpers import call_method, load_folder, perturb, save_model, toy_state
-from merge_refs import flat, keep_magnitude, ref_gta, ref_linear
+from merge_refs import (flat, keep_magnitude, lines_scalings, mergekit_gradient, mergekit_t,
+                        ref_gta, ref_linear, ref_slerp)
 from mergezoo.merge import LiNeS, merge_models, merge_sources, open_source
 from mergezoo.errors import RecipeError
 
-LAYER_POS = {  # where each toy tensor sits: embeddings 0, layers l/(L-1), norm and head 1
-    "model.embed_tokens.weight": 0.0,
-    "model.layers.0.mlp.weight": 0.0, "model.layers.0.attn.weight": 0.0,
-    "model.layers.1.mlp.weight": 0.5, "model.layers.1.attn.weight": 0.5,
-    "model.layers.2.mlp.weight": 1.0, "model.layers.2.attn.weight": 1.0,
-    "model.norm.weight": 1.0, "lm_head.weight": 1.0,
-}
+# Where mergekit evaluates each toy tensor's gradient (t): layers l/(L-1), all else 0.
+LAYER_POS = {key: mergekit_t(key, 3) for key in toy_state(0)}
 
 
 def close(a, b, atol=1e-5):
@@ -133,17 +129,19 @@ def test_lines_scales_each_layer_task_vector(toy_zoo):
     alpha, beta = 0.2, 0.6
     _, merged = run(toy_zoo, "task_arithmetic", lines=LiNeS(alpha, beta),
                     params={"lambda": 0.5})
+    scales = lines_scalings(list(toy_zoo["base_state"]), alpha, beta, num_blocks=3)
+    assert scales["lm_head.weight"] == scales["model.norm.weight"] == alpha  # outside the blocks
     for key, base in toy_zoo["base_state"].items():
         tv = sum(e[key] - base for e in toy_zoo["expert_states"]) * 0.5
-        scale = alpha + beta * LAYER_POS[key]
-        close(merged[key], base + scale * tv)
+        close(merged[key], base + scales[key] * tv)
 
 
 def test_lines_with_ties(toy_zoo):
     _, plain = run(toy_zoo, "ties", out="plain", params={"density": 0.5})
     _, scaled = run(toy_zoo, "ties", out="lines", params={"density": 0.5}, lines=LiNeS(0.1, 0.9))
+    scales = lines_scalings(list(toy_zoo["base_state"]), 0.1, 0.9, num_blocks=3)
     for key, base in toy_zoo["base_state"].items():
-        close(scaled[key] - base, (0.1 + 0.9 * LAYER_POS[key]) * (plain[key] - base))
+        close(scaled[key] - base, scales[key] * (plain[key] - base))
 
 
 def test_lines_refused_for_methods_without_task_vector(toy_zoo):
@@ -156,12 +154,23 @@ def test_gradient_setting_interpolates_over_layers(toy_zoo):
     gradient = [0.0, 1.0, 0.5]
     _, merged = run(toy_zoo, "task_arithmetic", params={"lambda": gradient})
     for key, base in toy_zoo["base_state"].items():
-        pos = LAYER_POS[key]
-        scaled = pos * 2
-        lo = min(int(scaled), 1)
-        lam = (1 - (scaled - lo)) * gradient[lo] + (scaled - lo) * gradient[lo + 1]
+        lam = mergekit_gradient(gradient, mergekit_t(key, 3))
         tv = sum(e[key] - base for e in toy_zoo["expert_states"])
         close(merged[key], base + lam * tv)
+
+
+def test_gradient_puts_head_and_final_norm_at_its_start_like_mergekit(toy_zoo):
+    """slerp with t: [0, 0.5, 1]: mergekit plans the weights after the last layer (lm_head,
+    the final norm) with t = 0, so they are the first model's (the base's), not the other's."""
+    _, merged = run(toy_zoo, "slerp", experts=toy_zoo["experts"][:1],
+                    params={"t": [0.0, 0.5, 1.0]})
+    base, expert = toy_zoo["base_state"], toy_zoo["expert_states"][0]
+    for key in base:
+        t = mergekit_gradient([0.0, 0.5, 1.0], mergekit_t(key, 3))
+        close(merged[key], ref_slerp(t, base[key], expert[key]))
+    for key in ("lm_head.weight", "model.norm.weight", "model.embed_tokens.weight"):
+        close(merged[key], base[key])
+    close(merged["model.layers.2.mlp.weight"], expert["model.layers.2.mlp.weight"])
 
 
 def test_filter_rules_pick_the_first_matching_rule(toy_zoo):
