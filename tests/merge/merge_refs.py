@@ -155,12 +155,17 @@ def ref_model_stock_rows(base: torch.Tensor, models: list[torch.Tensor]) -> torc
 
 def ref_consensus(base: torch.Tensor, models: list[torch.Tensor], weights: list[float], *,
                   k: int, mask_lambda: float, lambda_: float) -> torch.Tensor:
+    """The TALL-masks code (generate_task_masks, construct_consensus_mask), entry by entry:
+    mask_t = |theta_0 - theta_t| > |theta_MTL - theta_t| * lambda (strict), with theta_MTL =
+    theta_0 + tau_MTL; kept where at least k masks are set."""
     b = flat(base)
-    deltas = [[m - bv for m, bv in zip(flat(model), b)] for model in models]
+    fts = [flat(model) for model in models]
+    deltas = [[m - bv for m, bv in zip(ft, b)] for ft in fts]
     out = []
     for j, bv in enumerate(b):
         mtl = sum(w * d[j] for w, d in zip(weights, deltas))
-        votes = sum(1 for d in deltas if abs(d[j]) >= mask_lambda * abs(mtl - d[j]))
+        multi = bv + mtl
+        votes = sum(1 for ft in fts if abs(bv - ft[j]) > abs(multi - ft[j]) * mask_lambda)
         out.append(bv + (lambda_ * mtl if votes >= k else 0.0))
     return unflat(out, base)
 

@@ -362,7 +362,8 @@ def test_model_stock_ratio_formula_on_known_angle():
 
 # --- consensus --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("k,mask_lambda,lambda_", [(2, 0.4, 1.0), (1, 0.8, 0.5), (3, 0.2, 1.2)])
+@pytest.mark.parametrize("k,mask_lambda,lambda_", [(2, 0.4, 1.0), (1, 0.8, 0.5), (3, 0.2, 1.2),
+                                                  (2, 0.0, 1.0)])
 def test_consensus_tall_masks(k, mask_lambda, lambda_):
     base, models = make(19, 4, shape=(6, 7))
     weights = [1.0, 0.5, 0.8, 1.2]
@@ -371,6 +372,21 @@ def test_consensus_tall_masks(k, mask_lambda, lambda_):
                       model_params=[{"weight": w} for w in weights])
     close(got, ref_consensus(base, models, weights, k=k, mask_lambda=mask_lambda,
                              lambda_=lambda_))
+
+
+def test_consensus_mask_is_strict_like_the_official_code():
+    """At mask_lambda 0 an expert votes only where its task vector is not zero: an entry one
+    of two experts leaves alone has one vote, and k = 2 drops it (with >= it had two)."""
+    base = torch.zeros(3)
+    a = torch.tensor([1.0, 0.5, 0.0])
+    b = torch.tensor([0.0, 0.5, 0.0])
+    got = call_method("consensus", base, [a, b], params={"k": 2, "mask_lambda": 0.0})
+    close(got, torch.tensor([0.0, 1.0, 0.0]))
+    # Equality |tau_t| == lambda |tau_MTL - tau_t| is no vote: entry 0 of a is 1 against
+    # 1 * |1 - 1 + 1| = 1 at lambda 1 (b adds 1 there).
+    b2 = torch.tensor([1.0, 0.5, 0.0])
+    got = call_method("consensus", base, [a, b2], params={"k": 1, "mask_lambda": 1.0})
+    close(got, torch.tensor([0.0, 0.0, 0.0]))
 
 
 def test_consensus_removes_selfish_weights():
