@@ -204,3 +204,69 @@ def lines_scalings(keys: list[str], alpha: float, beta: float, num_blocks: int) 
                 out[k] = alpha + beta * (i / (num_blocks - 1))
                 break
     return out
+
+
+# --- multislerp, karcher (mergekit) ------------------------------------------------------------
+
+def _norm(v: list[float]) -> float:
+    return math.sqrt(sum(x * x for x in v))
+
+
+def ref_multislerp(models: list[torch.Tensor], weights: list[float], base=None, *,
+                   normalize_weights: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """mergekit's multislerp: unit vectors (of task vectors with a base) projected onto the
+    tangent space at their normalised weighted mean, averaged, mapped back by exp, times the
+    weighted mean norm."""
+    vecs = [flat(m) for m in models]
+    if base is not None:
+        vecs = [[x - b for x, b in zip(v, flat(base))] for v in vecs]
+    w = [x / sum(weights) for x in weights] if normalize_weights else list(weights)
+    norms = [_norm(v) for v in vecs]
+    units = [[x / (n + eps) for x in v] for v, n in zip(vecs, norms)]
+    mean = [sum(wi * u[j] for wi, u in zip(w, units)) for j in range(len(vecs[0]))]
+    mn = _norm(mean)
+    mean = [x / mn for x in mean]
+    tangent = [0.0] * len(mean)
+    for wi, u in zip(w, units):
+        dot = sum(a * b for a, b in zip(u, mean))
+        tangent = [t + wi * (a - dot * m) for t, a, m in zip(tangent, u, mean)]
+    tn = _norm(tangent) + eps
+    res = [m * math.cos(tn) + t * math.sin(tn) / tn for m, t in zip(mean, tangent)]
+    avg = sum(n * wi for n, wi in zip(norms, w))
+    res = [r * avg for r in res]
+    if base is not None:
+        res = [r + b for r, b in zip(res, flat(base))]
+    return unflat(res, models[0])
+
+
+def ref_karcher(models: list[torch.Tensor], alphas: list[float], max_iter: int = 10,
+                tol: float = 1e-5) -> torch.Tensor:
+    """mergekit's karcher_merge_tensors, loop for loop."""
+    vecs = [flat(m) for m in models]
+    norms = [_norm(v) for v in vecs]
+    units = [[x / n for x in v] if n > 0 else [0.0] * len(v) for v, n in zip(vecs, norms)]
+    valid = [i for i, n in enumerate(norms) if n > tol]
+    a_sum = sum(alphas[i] for i in valid)
+    a = [alphas[i] / a_sum for i in valid]
+    us = [units[i] for i in valid]
+    u = [sum(ai * ui[j] for ai, ui in zip(a, us)) for j in range(len(vecs[0]))]
+    nu = _norm(u)
+    u = list(us[0]) if nu < tol else [x / nu for x in u]
+    for _ in range(max_iter):
+        T = [0.0] * len(u)
+        for ai, ui in zip(a, us):
+            dot = max(-1.0, min(1.0, sum(x * y for x, y in zip(u, ui))))
+            theta = math.acos(dot)
+            if theta < tol:
+                continue
+            f = ai * theta / math.sin(theta)
+            T = [t + f * (x - dot * y) for t, x, y in zip(T, ui, u)]
+        nt = _norm(T)
+        if nt < tol:
+            break
+        u = [math.cos(nt) * x + math.sin(nt) * t / nt for x, t in zip(u, T)]
+        nu = _norm(u)
+        if nu > tol:
+            u = [x / nu for x in u]
+    s = sum(al * n for al, n in zip(alphas, norms))
+    return unflat([s * x for x in u], models[0])

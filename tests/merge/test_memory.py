@@ -55,6 +55,7 @@ CASES = {
     "consensus": ([0, 1, 2], {"k": 2, "mask_lambda": 0.4, "lambda": 0.8}, None, 0),
     "dare_linear": ([0, 1, 2], {"density": 0.5, "lambda": 1.3}, None, 7),
     "dare_ties": ([0, 1, 2], {"density": 0.3}, None, 3),
+    "karcher": ([0, 1, 2], {"max_iter": 5}, [{"weight": 1.0}, {"weight": 2.0}, {"weight": 3.0}], 0),
     "model_stock": ([0, 1, 2], {"filter_wise": True}, None, 0),
     "multislerp": ([0, 1, 2], {}, [{"weight": 1.0}, {"weight": 2.0}, {"weight": 3.0}], 0),
     "slerp": ([1], {"t": 0.3}, None, 0),

@@ -16,10 +16,12 @@ from merge_refs import (
     keep_magnitude,
     keep_outliers,
     ref_consensus,
+    ref_karcher,
     ref_gta,
     ref_linear,
     ref_model_stock,
     ref_model_stock_rows,
+    ref_multislerp,
     ref_slerp,
 )
 from mergezoo.merge import get_method, list_methods
@@ -42,7 +44,8 @@ def make(seed: int, n: int, shape=(7, 9), scale: float = 0.5):
 def test_registry_has_every_data_free_method():
     names = {m.name for m in list_methods()}
     expected = {"average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp",
-                "multislerp", "breadcrumbs", "breadcrumbs_ties", "model_stock", "consensus"}
+                "multislerp", "karcher", "breadcrumbs", "breadcrumbs_ties", "model_stock",
+                "consensus"}
     assert expected <= names
     assert get_method("linear").name == "average"
     for m in list_methods():
@@ -267,33 +270,64 @@ def test_slerp_colinear_fallback_threshold(cos, linear):
         assert not torch.allclose(got, lerp, atol=1e-6)
 
 
-# --- multislerp -------------------------------------------------------------------------------
+# --- multislerp, karcher -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("with_base,weights,normalize", [
+    (False, [1.0, 1.0, 1.0], True), (True, [0.2, 0.5, 0.3], True),
+    (False, [2.0, 1.0, 0.5], True), (True, [0.6, 0.3, 0.4], False)])
+def test_multislerp_matches_mergekit(with_base, weights, normalize):
+    g = torch.Generator().manual_seed(14)
+    base = torch.randn(5, 6, generator=g)
+    models = [base + torch.randn(5, 6, generator=g) for _ in weights]
+    got = call_method("multislerp", base if with_base else None, models,
+                      params={"normalize_weights": normalize},
+                      model_params=[{"weight": w} for w in weights])
+    close(got, ref_multislerp(models, weights, base if with_base else None,
+                              normalize_weights=normalize), atol=1e-5)
+
+
+def test_multislerp_is_one_step_not_the_karcher_mean():
+    """Three spread-out directions with unequal weights: one tangent-space step (multislerp)
+    and the iterated mean (karcher) differ, and each is its mergekit namesake."""
+    g = torch.Generator().manual_seed(3)
+    models = [torch.randn(40, generator=g) for _ in range(3)]
+    weights = [0.6, 0.3, 0.1]
+    one_step = call_method("multislerp", None, models, model_params=[{"weight": w} for w in weights])
+    iterated = call_method("karcher", None, models, model_params=[{"weight": w} for w in weights])
+    close(one_step, ref_multislerp(models, weights), atol=1e-5)
+    close(iterated, ref_karcher(models, weights), atol=1e-5)
+    assert float((one_step - iterated).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_karcher_matches_mergekit_equal_weights_base_as_a_model(with_base):
+    """mergekit's karcher averages every model it is given, the base included, with equal
+    weights, on the models themselves (not task vectors)."""
+    g = torch.Generator().manual_seed(21)
+    base = torch.randn(4, 5, generator=g)
+    models = [base + 0.8 * torch.randn(4, 5, generator=g) for _ in range(3)]
+    got = call_method("karcher", base if with_base else None, models,
+                      params={"max_iter": 10, "tol": 1e-5})
+    points = ([base] if with_base else []) + models
+    close(got, ref_karcher(points, [1 / len(points)] * len(points)), atol=1e-5)
+
 
 @pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
-def test_multislerp_two_models_equal_norms_is_slerp(t):
+def test_karcher_two_models_equal_norms_is_slerp(t):
     g = torch.Generator().manual_seed(14)
     a = torch.randn(5, 6, generator=g)
     b = torch.randn(5, 6, generator=g)
     b = b * (a.norm() / b.norm())
-    got = call_method("multislerp", None, [a, b], model_params=[{"weight": 1 - t}, {"weight": t}])
+    got = call_method("karcher", None, [a, b], model_params=[{"weight": 1 - t}, {"weight": t}],
+                      params={"max_iter": 100, "tol": 1e-7})
     close(got, ref_slerp(t, a, b), atol=1e-4)
 
 
-def test_multislerp_with_base_interpolates_task_vectors():
-    g = torch.Generator().manual_seed(15)
-    base = torch.randn(20, generator=g)
-    d0 = torch.randn(20, generator=g)
-    d1 = torch.randn(20, generator=g)
-    d1 = d1 * (d0.norm() / d1.norm())
-    got = call_method("multislerp", base, [base + d0, base + d1],
-                      model_params=[{"weight": 0.7}, {"weight": 0.3}])
-    close(got, base + ref_slerp(0.3, d0, d1), atol=1e-4)
-
-
-def test_multislerp_three_models_unit_sphere_mean():
+@pytest.mark.parametrize("method", ["multislerp", "karcher"])
+def test_spherical_means_of_three_orthogonal_unit_vectors(method):
     # three orthogonal unit vectors with equal weights: the mean direction is (1,1,1)/sqrt(3)
     vs = [torch.eye(3)[i] for i in range(3)]
-    got = call_method("multislerp", None, vs)
+    got = call_method(method, None, vs)
     close(got, torch.full((3,), 1 / math.sqrt(3)), atol=1e-4)
 
 
