@@ -95,6 +95,48 @@ def test_task_arithmetic_defaults_add_the_sum_of_task_vectors():
     close(got, base + (models[0] - base) + (models[1] - base))
 
 
+# --- defaults -----------------------------------------------------------------------------------
+
+# What mergekit 0.1.5 uses when a recipe omits a hyperparameter (merge_methods/registry.py,
+# generalized_task_arithmetic.py: density 1.0, gamma 0.01, lambda 1.0, int8_mask false,
+# normalize / rescale per method; linear.py, model_stock.py, multislerp.py, karcher.py).
+MERGEKIT_DEFAULTS = {
+    "task_arithmetic": {"lambda": 1.0, "normalize": False},
+    "ties": {"density": 1.0, "lambda": 1.0, "normalize": True, "rescale": False,
+             "int8_mask": False},
+    "dare_linear": {"density": 1.0, "lambda": 1.0, "normalize": False, "rescale": True},
+    "dare_ties": {"density": 1.0, "lambda": 1.0, "normalize": False, "rescale": True},
+    "breadcrumbs": {"density": 1.0, "gamma": 0.01, "lambda": 1.0, "normalize": False},
+    "breadcrumbs_ties": {"density": 1.0, "gamma": 0.01, "lambda": 1.0, "normalize": False},
+    "della": {"density": 1.0, "epsilon": 0.15, "lambda": 1.0, "normalize": True,
+              "rescale": True},
+    "della_linear": {"density": 1.0, "epsilon": 0.15, "lambda": 1.0, "normalize": False,
+                     "rescale": True},
+    "average": {"normalize": True},
+    "model_stock": {"filter_wise": False},
+    "multislerp": {"normalize_weights": True},
+    "karcher": {"max_iter": 10, "tol": 1e-5},
+}
+
+
+@pytest.mark.parametrize("method", sorted(MERGEKIT_DEFAULTS))
+def test_omitted_hyperparameters_mean_what_they_mean_in_mergekit(method):
+    spec = get_method(method)
+    for name, value in MERGEKIT_DEFAULTS[method].items():
+        assert name in spec.hyperparameters, f"{method}: mergekit's {name} is missing"
+        assert spec.hyperparameters[name].default == value, (method, name)
+
+
+@pytest.mark.parametrize("method,sign_rule,normalize", [
+    ("ties", "sum", True), ("breadcrumbs", None, False), ("breadcrumbs_ties", "sum", False),
+    ("dare_linear", None, False), ("dare_ties", "sum", False)])
+def test_sparsifying_methods_without_density_keep_everything_like_mergekit(method, sign_rule,
+                                                                            normalize):
+    base, models = make(8, 3)
+    got = call_method(method, base, models)
+    close(got, ref_gta(base, models, [1.0] * 3, sign_rule=sign_rule, normalize=normalize))
+
+
 # --- TIES -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -206,10 +248,45 @@ def test_dare_drop_statistics_and_rescale(rescale):
     n = kept.numel()
     sigma = math.sqrt(density * (1 - density) / n)
     assert abs(frac - density) < 5 * sigma, frac
-    survivor = 0.5 / density if rescale else 0.5
+    survivor = 0.5 / (round(density * 65536) / 65536) if rescale else 0.5
     assert torch.allclose(got[kept], torch.full_like(got[kept], survivor))
     if rescale:  # the expected task vector is preserved
         assert abs(got.mean().item() - 0.5) < 0.02
+
+
+def _lane(key: int, i: int) -> int:
+    """The drop's 16-bit draw for entry i, written out: Wellons' lowbias32 of a Weyl counter."""
+    m = 0xFFFFFFFF
+    x = (i * 0x9E3779B9 + key) & m
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & m
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & m
+    x ^= x >> 16
+    return x >> 16
+
+
+@pytest.mark.parametrize("density", [0.3, 0.30001, 0.123456, 2e-5])
+def test_dare_rescales_by_the_keep_probability_it_uses(density):
+    """Survivors are divided by p = round(density * 65536) / 65536, the probability the
+    16-bit draw keeps with, not by the density asked for (which it cannot draw exactly)."""
+    base = torch.zeros(4000)
+    delta = torch.linspace(-1, 1, 4000)
+    got = call_method("dare_linear", base, [delta], params={"density": density}, seed=5)
+    key = 5 * 1000 + 0  # call_method's seed for model 0
+    below = round(density * 65536)
+    p = below / 65536
+    expect = torch.tensor([float(delta[i]) / p if _lane(key, i) < below else 0.0
+                           for i in range(4000)], dtype=torch.float32)
+    assert torch.equal(got, expect)
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+@pytest.mark.parametrize("density", [1e-6, [0.5, 1e-7]])
+def test_dare_refuses_a_density_the_draw_cannot_resolve(method, density):
+    from mergezoo.errors import HyperparameterError
+    with pytest.raises(HyperparameterError, match="density"):
+        get_method(method).resolve({"density": density}, [], 2)
 
 
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])

@@ -60,7 +60,7 @@ def _check(kwargs: dict) -> None:
               helps={"density": "fraction of each task vector kept, by magnitude",
                      "trim_scope": "trim per tensor (mergekit) or over the whole model (paper)",
                      "sign_rule": "elect the sign by total mass (sum) or by count"})
-def ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.2,
+def ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 1.0,
          lambda_: float = 1.0, normalize: bool = True,
          trim_scope: Literal["tensor", "model"] = "tensor",
          sign_rule: Literal["sum", "count"] = "sum") -> torch.Tensor:
