@@ -181,7 +181,7 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
 
     # Element-wise methods merge on CPU slice by slice from the inputs' own dtype; the others
     # get whole tensors converted to the compute dtype as they are read.
-    sliced = spec.elementwise and dev.type == "cpu"
+    sliced = spec.slices(kwargs) and dev.type == "cpu"
     merger = _TensorMerger(spec=spec, kwargs=kwargs, positions=positions, lines=lines, dev=dev,
                            dtype=dtype, use_base=use_base, seed=seed, sources=inputs,
                            sliced=sliced)

@@ -374,7 +374,7 @@ class TaskVectors:
             return merged.to(out_dtype or sh.reference[key].dtype)
 
         workers = torch.get_num_threads()
-        if self._sliced(spec, use_base) and workers > 1:
+        if self._sliced(spec, use_base) and spec.slices(kwargs) and workers > 1:
             # Most tensors are one slice: merge several tensors side by side, each on one
             # intra-op thread (torch releases the GIL inside operations and kernels).
             with torch_threads(1):
@@ -406,7 +406,7 @@ class TaskVectors:
 
     def _merge_one(self, spec: MergeMethod, hp: dict, key: str, use_base: bool, state: Any,
                    seed: int) -> torch.Tensor:
-        if self._sliced(spec, use_base):
+        if self._sliced(spec, use_base) and spec.slices(hp):
             return self._merge_sliced(spec, hp, key, state, seed)
         x = self._inputs(spec, key, use_base, seed, state)
         if spec.per_tensor is not None and use_base:

@@ -359,6 +359,40 @@ def random_drop(delta: torch.Tensor, density: float, key: int, rescale: bool = T
     return kept
 
 
+def rescale_l1(masked: torch.Tensor, before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """mergekit's `rescaled_masked_tensor` with the L1 norm: multiply the sparsified tensor
+    (in place) by before / |masked|_1, where `before` is the L1 norm of the tensor before it
+    was sparsified; unchanged when either norm is below `eps`."""
+    after = masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked.mul_(before / after)
+
+
+def rank_drop(delta: torch.Tensor, density: float, epsilon: float, key: int,
+              rescale: bool = True) -> torch.Tensor:
+    """DELLA's MagPrune (Deep et al., 2024), as mergekit's `della_magprune` ranks: per row
+    (a 1-D tensor is one row; others are rows of their first dimension), an entry of
+    magnitude rank r (0 the smallest, ties by position) among c is kept with probability
+    p = density - epsilon + 2 epsilon r / (c - 1), rounded to a multiple of 1/65536 and drawn
+    as DARE draws (`keep_lanes`); with `rescale`, survivors are divided by their p."""
+    if density >= 1:
+        return delta
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+    c = rows.shape[1]
+    order = rows.abs().argsort(dim=1, stable=True)
+    ranks = torch.empty_like(order).scatter_(
+        1, order, torch.arange(c, device=rows.device).expand_as(order))
+    rank_norm = ranks.to(torch.float64) / (c - 1) if c > 1 else torch.zeros_like(rows, dtype=torch.float64)
+    below = ((density - epsilon) + rank_norm * (2 * epsilon)).mul_(LANES).round_()
+    lanes = keep_lanes(key, 0, rows.numel(), rows.device).view(rows.shape)
+    keep = lanes < below
+    kept = rows * keep
+    if rescale:
+        kept = torch.where(keep, kept / (below / LANES).to(kept.dtype), kept)
+    return kept.view(delta.shape)
+
+
 def drop_outliers_and_small(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
     """Model Breadcrumbs: drop the largest `gamma` fraction and the smallest entries by
     magnitude so that a `density` fraction is left (mergekit's `magnitude_outliers`)."""

@@ -52,6 +52,19 @@ def test_ties_merge_matches_reference_for_every_tensor(toy_zoo):
                                    lambda_=1.2, kept=kept))
 
 
+def test_ties_rescale_through_the_engine_matches_mergekit_l1(toy_zoo):
+    densities = [0.3, 0.5, 0.8]
+    _, merged = run(toy_zoo, "ties", params={"rescale": True, "int8_mask": True},
+                    model_params=[{"density": d} for d in densities])
+    for key, base in toy_zoo["base_state"].items():
+        models = [e[key] for e in toy_zoo["expert_states"]]
+        deltas = [flat(m - base) for m in models]
+        kept = [keep_magnitude(d, rho) for d, rho in zip(deltas, densities)]
+        scale = [sum(map(abs, d)) / sum(abs(d[j]) for j in k) for d, k in zip(deltas, kept)]
+        close(merged[key], ref_gta(base, models, [1.0] * 3, sign_rule="sum", normalize=True,
+                                   kept=kept, scale=scale))
+
+
 def test_average_without_base_matches_weighted_mean(toy_zoo):
     _, merged = run(toy_zoo, "linear", base=None,
                     model_params=[{"weight": 1.0}, {"weight": 2.0}, {"weight": 3.0}])

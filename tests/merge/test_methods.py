@@ -102,8 +102,7 @@ def test_task_arithmetic_defaults_add_the_sum_of_task_vectors():
 # normalize / rescale per method; linear.py, model_stock.py, multislerp.py, karcher.py).
 MERGEKIT_DEFAULTS = {
     "task_arithmetic": {"lambda": 1.0, "normalize": False},
-    "ties": {"density": 1.0, "lambda": 1.0, "normalize": True, "rescale": False,
-             "int8_mask": False},
+    "ties": {"density": 1.0, "lambda": 1.0, "normalize": True, "rescale": False},
     "dare_linear": {"density": 1.0, "lambda": 1.0, "normalize": False, "rescale": True},
     "dare_ties": {"density": 1.0, "lambda": 1.0, "normalize": False, "rescale": True},
     "breadcrumbs": {"density": 1.0, "gamma": 0.01, "lambda": 1.0, "normalize": False},
@@ -125,6 +124,18 @@ def test_omitted_hyperparameters_mean_what_they_mean_in_mergekit(method):
     for name, value in MERGEKIT_DEFAULTS[method].items():
         assert name in spec.hyperparameters, f"{method}: mergekit's {name} is missing"
         assert spec.hyperparameters[name].default == value, (method, name)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "breadcrumbs",
+                                    "della", "della_linear"])
+def test_int8_mask_is_accepted_and_changes_nothing(method):
+    """mergekit's int8_mask only stores sign masks as int8: the same tensors."""
+    spec = get_method(method)
+    assert spec.resolve({"int8_mask": True}, [], 2) == spec.resolve({}, [], 2)
+    with pytest.raises(Exception, match="int8_mask"):
+        spec.resolve({"int8_mask": "yes"}, [], 2)
+    with pytest.raises(Exception, match="int8_mask"):
+        get_method("average").resolve({"int8_mask": True}, [], 2)
 
 
 @pytest.mark.parametrize("method,sign_rule,normalize", [
@@ -150,6 +161,21 @@ def test_ties_matches_mergekit_reference(normalize, lambda_):
     kept = [keep_magnitude(flat(m - base), d) for m, d in zip(models, densities)]
     close(got, ref_gta(base, models, weights, sign_rule="sum", normalize=normalize,
                        lambda_=lambda_, kept=kept))
+
+
+@pytest.mark.parametrize("densities", [[0.3, 0.5, 0.7], [1.0, 0.2, 0.6]])
+def test_ties_rescale_matches_mergekit_l1(densities):
+    """mergekit's ties with rescale: true multiplies each trimmed task vector by
+    |tau|_1 / |trimmed tau|_1 (sparsify.rescaled_masked_tensor, RescaleNorm.l1)."""
+    base, models = make(16, 3, shape=(8, 9))
+    weights = [1.0, 0.5, 2.0]
+    got = call_method("ties", base, models, params={"rescale": True},
+                      model_params=[{"weight": w, "density": d} for w, d in zip(weights, densities)])
+    deltas = [flat(m - base) for m in models]
+    kept = [keep_magnitude(d, rho) for d, rho in zip(deltas, densities)]
+    scale = [sum(abs(v) for v in d) / sum(abs(d[j]) for j in k) for d, k in zip(deltas, kept)]
+    close(got, ref_gta(base, models, weights, sign_rule="sum", normalize=True, kept=kept,
+                       scale=scale))
 
 
 def test_ties_default_normalizes_like_mergekit():
@@ -287,6 +313,49 @@ def test_dare_refuses_a_density_the_draw_cannot_resolve(method, density):
     from mergezoo.errors import HyperparameterError
     with pytest.raises(HyperparameterError, match="density"):
         get_method(method).resolve({"density": density}, [], 2)
+
+
+def _della_reference(delta: torch.Tensor, density: float, epsilon: float, key: int) -> list:
+    """MagPrune written out: per row, rank r by magnitude (ties by position), keep with
+    p = density - eps + 2 eps r / (c - 1) rounded to 1/65536 (the drop's draw), divide by p."""
+    rows = delta.reshape(delta.shape[0], -1) if delta.dim() > 1 else delta.reshape(1, -1)
+    c = rows.shape[1]
+    out = []
+    for r_i, row in enumerate(rows.tolist()):
+        order = sorted(range(c), key=lambda j: (abs(row[j]), j))
+        rank = {j: r for r, j in enumerate(order)}
+        for j, v in enumerate(row):
+            below = round(((density - epsilon) + rank[j] / (c - 1) * (2 * epsilon)) * 65536)
+            out.append(v / (below / 65536) if _lane(key, r_i * c + j) < below else 0.0)
+    return out
+
+
+@pytest.mark.parametrize("method,sign_rule,normalize", [("della", "sum", True),
+                                                         ("della_linear", None, False)])
+def test_della_matches_a_written_out_magprune(method, sign_rule, normalize):
+    base, models = make(17, 2, shape=(6, 11))
+    densities, epsilons = [0.5, 0.3], [0.2, 0.1]
+    got = call_method(method, base, models, seed=3,
+                      model_params=[{"density": d, "epsilon": e}
+                                    for d, e in zip(densities, epsilons)])
+    dropped = [_della_reference(m - base, d, e, 3 * 1000 + i)
+               for i, (m, d, e) in enumerate(zip(models, densities, epsilons))]
+    zero = torch.zeros_like(base)
+    expect = ref_gta(zero, [unflat_like(d, base) for d in dropped], [1.0, 1.0],
+                     sign_rule=sign_rule, normalize=normalize)
+    close(got, base.double() + expect)
+
+
+def unflat_like(values: list, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64).reshape(like.shape)
+
+
+@pytest.mark.parametrize("params", [{"density": 0.9, "epsilon": 0.2},
+                                    {"density": 0.1, "epsilon": 0.1}])
+def test_della_refuses_epsilon_outside_the_density(params):
+    from mergezoo.errors import HyperparameterError
+    with pytest.raises(HyperparameterError, match="epsilon"):
+        get_method("della").resolve(params, [], 2)
 
 
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
