@@ -101,7 +101,9 @@ def test_ties_trim_scope_model_uses_one_threshold_per_expert(toy_zoo):
     for e in toy_zoo["expert_states"]:
         mags = sorted((abs(x - b) for k in keys for x, b in zip(flat(e[k]), base_flat[k])),
                       reverse=True)
-        thresholds.append(mags[int(density * len(mags)) - 1])
+        # The paper's code: the (n - int(density n))-th smallest magnitude, i.e. the
+        # (int(density n) + 1)-th largest, and every entry at least that large.
+        thresholds.append(mags[int(density * len(mags))])
     kept_fraction = []
     for key in keys:
         base = toy_zoo["base_state"][key]
@@ -115,6 +117,42 @@ def test_ties_trim_scope_model_uses_one_threshold_per_expert(toy_zoo):
                                    kept=kept))
     # a whole-model threshold keeps different fractions of different tensors
     assert max(kept_fraction) - min(kept_fraction) > 0.05
+
+
+def paper_ties(task_vectors: torch.Tensor, density: float, lam: float) -> torch.Tensor:
+    """The TIES paper's ties_merging on [tasks, all parameters], in float64: keep per task
+    every entry whose magnitude is at least the (n - int(density n))-th smallest; elect
+    sign(sum), a zero sum taking the sign held by most entries (sign of the sum of the elected
+    signs); average the entries of the elected sign (dis-mean); times lambda."""
+    n = task_vectors.shape[1]
+    kth = n - int(density * n)
+    thresholds = task_vectors.abs().sort(dim=1).values[:, kth - 1:kth]
+    trimmed = task_vectors * (task_vectors.abs() >= thresholds)
+    signs = trimmed.sum(0).sign()
+    signs[signs == 0] = signs.sum().sign()
+    agree = torch.where(signs > 0, trimmed > 0, trimmed < 0)
+    picked = trimmed * agree
+    return lam * picked.sum(0) / (picked != 0).sum(0).clamp(min=1)
+
+
+@pytest.mark.parametrize("density", [0.2, 0.35])
+def test_ties_trim_scope_model_is_the_papers_code(toy_zoo, density):
+    """Against the paper's procedure on the whole flattened model (number of entries kept
+    included). Its zero-vote rule (a zero sign sum takes the model-wide majority sign) is
+    the one place mergezoo differs (a tie goes +1): with random task vectors no vote sums to
+    exactly zero, which the assertion below checks."""
+    _, merged = run(toy_zoo, "ties", params={"density": density, "trim_scope": "model",
+                                             "lambda": 1.1})
+    keys = list(toy_zoo["base_state"])
+    base = torch.cat([toy_zoo["base_state"][k].double().reshape(-1) for k in keys])
+    tvs = torch.stack([torch.cat([e[k].double().reshape(-1) for k in keys]) - base
+                       for e in toy_zoo["expert_states"]])
+    expect = base + paper_ties(tvs, density, 1.1)
+    got = torch.cat([merged[k].double().reshape(-1) for k in keys])
+    torch.testing.assert_close(got, expect, atol=1e-5, rtol=1e-5)
+    kth = tvs.shape[1] - int(density * tvs.shape[1])
+    thr = tvs.abs().sort(dim=1).values[:, kth - 1:kth]
+    assert bool(((tvs * (tvs.abs() >= thr)).sum(0) != 0).any())
 
 
 def test_ties_trim_scope_model_differs_from_tensor_scope(tmp_path):
@@ -132,7 +170,8 @@ def test_ties_trim_scope_model_differs_from_tensor_scope(tmp_path):
     per_tensor = load_folder(tmp_path / "tensor")
     whole = load_folder(tmp_path / "model")
     assert int((per_tensor["b.weight"] != 0).sum()) == 32
-    assert int((whole["b.weight"] != 0).sum()) == 0
+    # the paper keeps int(0.5 * 128) + 1 = 65 entries: all 64 of a and the largest of b
+    assert int((whole["b.weight"] != 0).sum()) == 1
     assert int((whole["a.weight"] != 0).sum()) == 64
 
 

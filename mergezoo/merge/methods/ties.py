@@ -60,7 +60,8 @@ def _check(kwargs: dict) -> None:
               whole_if=lambda kwargs: kwargs["rescale"],
               fused=_fused, fused_saves=5.0, linear="lambda",
               helps={"density": "fraction of each task vector kept, by magnitude",
-                     "trim_scope": "trim per tensor (mergekit) or over the whole model (paper)",
+                     "trim_scope": "trim per tensor (mergekit) or over the whole model (the "
+                                   "paper's code: int(density n) + 1 entries and ties)",
                      "sign_rule": "elect the sign by total mass (sum) or by count",
                      "rescale": "match each trimmed task vector's L1 norm to the untrimmed "
                                 "one's, per tensor (mergekit's rescale)"})
