@@ -71,7 +71,7 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
                  lines: LiNeS | None = None, component: str | None = None, seed: int = 0,
                  overwrite: bool = False, progress: bool = True, allow_pickle: bool = False,
                  max_shard_size: str | int = "2GB",
-                 recipe: MergeRecipe | None = None) -> MergeResult:
+                 recipe: MergeRecipe | None = None, output_delta: bool = False) -> MergeResult:
     """Merge models given by reference into `out_dir` (config and tokenizer from the base,
     or the first model, so `from_pretrained(out_dir)` loads the result)."""
     refs = [str(m) for m in models]
@@ -138,7 +138,8 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
                          model_params=model_params, lines=lines, device=device, dtype=dtype,
                          out_dtype=out_dtype, seed=seed, overwrite=overwrite, progress=progress,
                          max_shard_size=max_shard_size, weights_subdir=component,
-                         prepare_output=prepare, finalize_output=finalize)
+                         prepare_output=prepare, finalize_output=finalize,
+                         output_delta=output_delta)
 
 
 def _jsonable(value: Any) -> Any:
@@ -177,6 +178,13 @@ def run_recipe(recipe: MergeRecipe, *, out_dir: str | Path, device: str = "auto"
     if recipe.output == "lora":
         return _merge_to_lora(recipe, out_dir=out_dir, device=device, overwrite=overwrite,
                               progress=progress, allow_pickle=allow_pickle)
+    return _run_full(recipe, out_dir=out_dir, device=device, overwrite=overwrite,
+                     progress=progress, allow_pickle=allow_pickle, max_shard_size=max_shard_size)
+
+
+def _run_full(recipe: MergeRecipe, *, out_dir: str | Path, device: str, overwrite: bool,
+              progress: bool, allow_pickle: bool, max_shard_size: str | int = "2GB",
+              output_delta: bool = False) -> MergeResult:
     lines = LiNeS(recipe.lines.alpha, recipe.lines.beta) if recipe.lines else None
     return merge_models(
         recipe.merge_method, [m.model for m in recipe.models], out_dir=out_dir,
@@ -184,33 +192,44 @@ def run_recipe(recipe: MergeRecipe, *, out_dir: str | Path, device: str = "auto"
         model_params=[m.parameters for m in recipe.models], device=device,
         dtype=parse_dtype(recipe.dtype, "dtype"), out_dtype=parse_dtype(recipe.out_dtype, "out_dtype"),
         lines=lines, component=recipe.component, seed=recipe.seed, overwrite=overwrite,
-        progress=progress, allow_pickle=allow_pickle, max_shard_size=max_shard_size, recipe=recipe)
+        progress=progress, allow_pickle=allow_pickle, max_shard_size=max_shard_size, recipe=recipe,
+        output_delta=output_delta)
 
 
 def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, overwrite: bool,
                    progress: bool, allow_pickle: bool) -> MergeResult:
-    """Merge to a full model in a temporary folder, then re-factorise merged - base into a
-    LoRA of `recipe.rank` by truncated SVD (errors per layer in lora_errors.json)."""
+    """Merge in a temporary folder, then re-factorise the merged task vector into a LoRA of
+    `recipe.rank` by truncated SVD (errors per layer in lora_errors.json).
+
+    A task-vector method writes its merged task vector itself, in float32, from exact task
+    vectors (a LoRA expert's B @ A * scaling): a rank-r merge re-factorises at rank r to
+    float32 precision. Other methods write the merged model in float32, and merged - base is
+    factorised. The factors are float32 unless the recipe's out_dtype says otherwise."""
     import shutil
     import tempfile
 
-    from mergezoo.merge.lora import extract_lora
+    from mergezoo.merge.lora import ZeroSource, extract_lora
 
-    full = recipe.model_copy(update={"output": "full", "rank": None})
+    as_delta = get_method(recipe.merge_method).returns == "delta" and recipe.base_model is not None
+    full = recipe.model_copy(update={"output": "full", "rank": None, "out_dtype": "float32"})
     out = Path(out_dir).expanduser().absolute()
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.full-", dir=out.parent))
         try:
-            result = run_recipe(full, out_dir=scratch / "merged", device=device,
-                                progress=progress, allow_pickle=allow_pickle)
+            result = _run_full(full, out_dir=scratch / "merged", device=device,
+                               overwrite=False, progress=progress, allow_pickle=allow_pickle,
+                               output_delta=as_delta)
             merged = scratch / "merged"
             # The merge already resolved (and for Hub repos pulled) the base: reuse its path.
             provenance = json.loads((merged / PROVENANCE_FILE).read_text())
             base = Path(provenance["base_model"]["path"])
             if recipe.component:
                 base, merged = base / recipe.component, merged / recipe.component
-            report = extract_lora(merged, base, tmp / "adapter", recipe.rank,
-                                  base_model_name=recipe.base_model)
+            reference = ZeroSource(open_source(base, "base model")) if as_delta else base
+            report = extract_lora(merged, reference, tmp / "adapter", recipe.rank,
+                                  base_model_name=recipe.base_model,
+                                  out_dtype=parse_dtype(recipe.out_dtype, "out_dtype")
+                                  or torch.float32)
             for f in (tmp / "adapter").iterdir():
                 f.rename(tmp / f.name)
             (tmp / "adapter").rmdir()
