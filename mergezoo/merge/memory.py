@@ -447,7 +447,8 @@ class TaskVectors:
         # its threads.
         with torch_threads(1):
             view = _CachingSlicedTensor(sh, self._experts, key, inputs, has_base=True,
-                                        dtype=sh.dtype, pool=None, fused=fused)
+                                        dtype=sh.dtype, pool=None, fused=fused,
+                                        shape=tuple(shape))
             try:
                 merge_sliced(spec, hp, view, out, seeds=seeds, state=state, scratch=scratch)
             except ValueError as err:

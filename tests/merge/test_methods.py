@@ -432,6 +432,14 @@ def test_multislerp_matches_mergekit(with_base, weights, normalize):
                               normalize_weights=normalize), atol=1e-5)
 
 
+def test_multislerp_of_unchanged_tensor_is_the_base():
+    """Three experts that leave a tensor alone: zero task vectors, no direction to average;
+    the base comes out (mergekit raises there)."""
+    base = torch.randn(7)
+    got = call_method("multislerp", base, [base.clone() for _ in range(3)])
+    close(got, base)
+
+
 def test_multislerp_is_one_step_not_the_karcher_mean():
     """Three spread-out directions with unequal weights: one tangent-space step (multislerp)
     and the iterated mean (karcher) differ, and each is its mergekit namesake."""

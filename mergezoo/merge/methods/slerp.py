@@ -96,7 +96,9 @@ def multislerp(x: MergeInputs, *, weight: list[float] = 1.0,
     mean = (units * w.view(-1, 1)).sum(0)
     mean_norm = mean.norm()
     if mean_norm < eps:
-        if flat.shape[0] != 2:
+        # mergekit mixes two models linearly here and refuses more; where every vector is
+        # zero (a tensor no expert changed) there is nothing to interpolate: mix linearly too.
+        if flat.shape[0] != 2 and bool((norms > eps).any()):
             raise ValueError("the weighted sum of the unit vectors is zero (antipodal models "
                              "with balancing weights); use different weights")
         merged = flat[0] * w[0] + flat[1] * w[1]  # mergekit falls back to a linear mix
