@@ -148,6 +148,11 @@ def _checked(src: TensorSource, key: str, shape: tuple[int, ...]) -> torch.Tenso
     return tensor
 
 
+def _exact_deltas(source: TensorSource) -> bool:
+    """Whether `source` gives its exact task vector per tensor (`LoraSource.delta`)."""
+    return callable(getattr(source, "delta", None))
+
+
 def _first_bad_input(key: str, sources: list[TensorSource]) -> str | None:
     """The input whose tensor `key` holds NaN or Inf, read afresh (the engine's copies have
     been worked on in place by then)."""
@@ -168,8 +173,13 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                   max_shard_size: str | int = "2GB", weights_subdir: str | None = None,
                   prepare_output: Callable[[Path], None] | None = None,
                   finalize_output: Callable[[Path, "MergeResult"], None] | None = None,
-                  weights_stem: str | None = None) -> MergeResult:
+                  weights_stem: str | None = None, output_delta: bool = False) -> MergeResult:
     """Merge `models` (and `base`) tensor by tensor into `out_dir`, atomically.
+
+    Inputs that know their exact task vector (a LoRA expert's B @ A * scaling in float32,
+    `LoraSource.delta`) give it to the method instead of their weights minus the base; such
+    merges run tensor by tensor. With `output_delta`, a task-vector method writes its merged
+    task vector (LiNeS-scaled) instead of the base plus it (`output: lora` factorises that).
 
     `prepare_output(tmp_dir)` is called before the weights are written, to add config and
     tokenizer files, and `finalize_output(tmp_dir, result)` after them, before the folder is
@@ -180,6 +190,8 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     kwargs = spec.resolve(params or {}, model_params or [], len(models))
     if lines is not None and spec.returns != "delta":
         raise RecipeError(f"LiNeS scales task vectors; method '{spec.name}' does not produce one")
+    if output_delta and (spec.returns != "delta" or base is None):
+        raise RecipeError(f"method '{spec.name}' does not produce a task vector to write")
     reference = base if base is not None else models[0]
     check_compatible(reference, [m for m in models if m is not reference])
     dev = pick_device(device)
@@ -196,10 +208,12 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
 
     # Element-wise methods merge on CPU slice by slice from the inputs' own dtype; the others
     # get whole tensors converted to the compute dtype as they are read.
-    sliced = spec.elementwise and dev.type == "cpu"
+    # Exact task vectors (LoRA experts) and a written task vector need whole tensors.
+    exact = use_base and any(_exact_deltas(m) for m in models)
+    sliced = spec.slices(kwargs) and dev.type == "cpu" and not exact and not output_delta
     merger = _TensorMerger(spec=spec, kwargs=kwargs, positions=positions, lines=lines, dev=dev,
                            dtype=dtype, use_base=use_base, seed=seed, sources=inputs,
-                           sliced=sliced)
+                           sliced=sliced, exact=exact, add_base=not output_delta)
     float_keys = [k for k in keys if reference.dtype(k).is_floating_point]
     entries = sum(math.prod(plan[k][0]) for k in float_keys) * len(models)
     if sliced and spec.fused is not None and kernels.worth_it(spec.fused_saves, entries):
@@ -327,6 +341,8 @@ class _TensorMerger:
     pool: ThreadPoolExecutor | None = None  # compute threads for slice-by-slice merging
     workers: int = 1
     fused: bool = False  # merge with the fused kernels (see kernels.worth_it)
+    exact: bool = False  # task vectors from the sources that know them exactly (LoRA)
+    add_base: bool = True  # False: write a task-vector method's merged task vector itself
 
     def seeds(self, key: str, n_models: int) -> list[int] | None:
         """For random methods, a 32-bit key per model from the merge seed, the tensor's name
@@ -340,9 +356,18 @@ class _TensorMerger:
         on_device = [t.to(self.dev, dtype=self.dtype, non_blocking=True) for t in tensors]
         base = on_device[0] if self.use_base else None
         models = on_device[1:] if self.use_base else on_device
-        return MergeInputs(key=key, base=base, models=models,
-                           seeds=self.seeds(key, len(models)),
-                           state=self.state, owned=True)
+        x = MergeInputs(key=key, base=base, models=models, seeds=self.seeds(key, len(models)),
+                        state=self.state, owned=True)
+        if self.exact and base is not None:
+            # B @ A * scaling in float32 from the factors, not (W + dW) - W after rounding.
+            deltas = []
+            for src, model in zip(self.sources[1:], models):
+                exact = src.delta(key) if _exact_deltas(src) and \
+                    key not in getattr(src, "replacements", {}) else None
+                deltas.append(model - base if exact is None
+                              else exact.to(self.dev, dtype=self.dtype).reshape(base.shape))
+            x._deltas = deltas
+        return x
 
     def view(self, key: str, tensors: list[torch.Tensor]) -> SlicedTensor:
         """One tensor of every input, to merge slice by slice (see `SlicedTensor`)."""
@@ -354,7 +379,7 @@ class _TensorMerger:
         if not tensors[0].is_floating_point():  # integer buffers are copied from the reference
             return out.copy_(tensors[0])
         hp = _specialize(self.spec, self.kwargs, key, self.positions[key])
-        scale = self.lines.scale(self.positions[key]) if self.lines else 1.0
+        scale = self.lines.scale(key, self.positions[key]) if self.lines else 1.0
         try:
             if self.sliced:
                 if self.scratch is None:  # a buffer set per compute thread
@@ -384,7 +409,9 @@ class _TensorMerger:
         x = self.inputs(key, tensors)
         merged = self.spec.fn(x, **hp)
         if self.spec.returns == "delta":
-            merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(x.base)
+            merged = merged.mul_(scale) if scale != 1.0 else merged
+            if self.add_base:
+                merged = merged.add_(x.base)
         # One reduction finds any NaN or Inf (they poison the sum); only a non-finite sum,
         # which can also come from overflow of finite values, pays for an exact check.
         finite = bool(torch.isfinite(merged.sum()))

@@ -45,7 +45,8 @@ import torch
 
 from mergezoo.errors import ConfigurationError, MergezooError
 from mergezoo.merge import jit
-from mergezoo.merge.ops import CHUNK, check_sign_rule, divisor_floor, drop_threshold, linear_divisor
+from mergezoo.merge.ops import (CHUNK, check_sign_rule, divisor_floor, drop_threshold,
+                                keep_probability, linear_divisor)
 
 logger = logging.getLogger(__name__)
 
@@ -253,8 +254,8 @@ class Combine:
         return replace(self, drop_below=np.asarray(
             [drop_threshold(d) if k else -1 for d, k in zip(densities, keep)], np.int64),
             drop_key=np.asarray(keys, np.int64),
-            rescale=np.asarray([d if k and rescale else 0 for d, k in zip(densities, keep)],
-                               np.float32))
+            rescale=np.asarray([keep_probability(d) if k and rescale else 0
+                                for d, k in zip(densities, keep)], np.float32))
 
 
 def _rule_table(rules: list[int], ties: list[list[int] | None] | None,

@@ -37,7 +37,7 @@ DTYPES = {
     "float64": torch.float64, "fp64": torch.float64,
 }
 # mergekit fields mergezoo does not implement: refuse them rather than ignore them silently.
-UNSUPPORTED = {"slices": "use the `models:` form", "tokenizer_source": "the base's tokenizer is copied",
+UNSUPPORTED = {"slices": "use the `models:` form",
                "tokenizer": "the base's tokenizer is copied", "chat_template": "not supported",
                "modules": "not supported"}
 
@@ -134,6 +134,9 @@ class MergeRecipe(BaseModel):
     seed: int = 0
     output: Literal["full", "lora"] = "full"  # a full model, or a LoRA of the merged delta
     rank: int | None = Field(default=None, ge=1)  # LoRA rank for `output: lora`
+    # mergekit's tokenizer_source: only `base` (what mergezoo does: the base's tokenizer and
+    # config are copied) is honoured; union or a model's tokenizer are refused.
+    tokenizer_source: str | None = None
 
     @field_validator("models", mode="before")
     @classmethod
@@ -166,6 +169,11 @@ class MergeRecipe(BaseModel):
                               f"{MAX_MODELS}")
         if recipe.output == "lora" and (recipe.rank is None or recipe.base_model is None):
             raise RecipeError(f"{source}: output: lora needs a rank (--rank) and a base_model")
+        if recipe.tokenizer_source is not None and (recipe.tokenizer_source != "base"
+                                                     or recipe.base_model is None):
+            raise RecipeError(
+                f"{source}: tokenizer_source: {recipe.tokenizer_source!r} is not supported "
+                "(only 'base', with a base_model: the base's tokenizer is copied)")
         parse_dtype(recipe.dtype, f"{source}: dtype")
         parse_dtype(recipe.out_dtype, f"{source}: out_dtype")
         return recipe
