@@ -208,7 +208,11 @@ class Benchmark(ABC):
     def with_weights(self, model: Any, state_dict: dict[str, Any]) -> Any:
         """`model` (from `load_model`) with its module's weights replaced by `state_dict`
         (strict: every key must match), ready for `score`. Loads in place and returns it."""
-        missing, unexpected = self.module(model).load_state_dict(state_dict, strict=False)
+        module = self.module(model)
+        own = module.state_dict()
+        if set(state_dict) != set(own):
+            state_dict = _to_module_names(module, own, state_dict)
+        missing, unexpected = module.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
             raise BenchmarkError(f"{self.name}: the merged weights do not fit the model: "
                                  f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
@@ -236,6 +240,26 @@ class Benchmark(ABC):
             vals = [scores[c.name] for c in cells if c.name in scores]
             out[key] = sum(vals) / len(vals) if vals else None
         return out
+
+
+def _to_module_names(module: Any, own: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, Any]:
+    """`state_dict` with the names a saved checkpoint uses (what a merge of model folders
+    holds) renamed to the module's own: transformers 5 renames some architectures' weights on
+    load (ViT: `vit.encoder.layer.0.attention.attention.query` is `vit.layers.0.attention.q_proj`
+    in memory) and back on save. The mapping is read off `revert_weight_conversion` applied to
+    the module's own tensors (same storage, other names); names it does not know stay as given."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # an older transformers: checkpoints use the module's names
+        return state_dict
+    by_storage = {(t.data_ptr(), tuple(t.shape)): name for name, t in own.items()}
+    try:
+        saved = revert_weight_conversion(module, dict(own))
+    except Exception:  # not a transformers model, or no conversion for it
+        return state_dict
+    rename = {disk: by_storage.get((t.data_ptr(), tuple(t.shape)), disk)
+              for disk, t in saved.items()}
+    return {rename.get(k, k): v for k, v in state_dict.items()}
 
 
 def check_disjoint(benchmark: str, data: dict[str, DatasetDict]) -> None:

@@ -214,9 +214,9 @@ def test_evaluate_returns_every_cell_and_matches_sanity(digits_tiny):
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     rows = {r["cell"]: r for r in zoo.sanity["cells"]}
     assert all(abs(scores[c] - rows[c]["base"]) < 1e-4 for c in scores)
-    one = bench.evaluate(zoo.model_path("expert", "group3-blurred", 0), "validation",
-                         cells=["group3-blurred"])
-    assert list(one) == ["group3-blurred"]
+    one = bench.evaluate(zoo.model_path("expert", "group3-shuffled", 0), "validation",
+                         cells=["group3-shuffled"])
+    assert list(one) == ["group3-shuffled"]
 
 
 def test_evaluate_errors_name_the_culprit(digits_tiny, tmp_path):
