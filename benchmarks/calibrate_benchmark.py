@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# run from a checkout: import this checkout's mergezoo, not an installed one
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 TA_GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0]
 TIES_DENSITIES = [0.1, 0.2, 0.3]
 TIES_LAMBDAS = [0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0]
