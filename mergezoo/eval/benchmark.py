@@ -54,6 +54,10 @@ class Benchmark(ABC):
     #: provenance and license of the per-cell data, for the zoo's dataset card
     data_description: str = ""
     data_license: str | None = None
+    #: a held-in (held-out) cell whose own-expert (oracle) score beats the base's by less than
+    #: this (mean over seeds, test) is left out of normalised scores: (merge - base) / (expert -
+    #: base) over a near-zero gap is noise, not a fraction of skill recovered
+    min_normalising_gap: float = 0.05
     #: caches left out when the benchmark is pickled for a worker process (it rebuilds them)
     _transient: tuple[str, ...] = ("_data",)
 
