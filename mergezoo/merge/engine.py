@@ -136,12 +136,15 @@ def _touch_pages(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _checked(src: TensorSource, key: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """`src.get(key)`, refused unless it has the shape and dtype the source declared (those
-    the merge was planned with): the kernels and the slicing read exactly that many entries,
-    and a source whose data is shorter than its shape would have them read past its end."""
+def _checked(src: TensorSource, key: str, shape: tuple[int, ...],
+             raw: bool = False) -> torch.Tensor:
+    """`src.get(key)`, refused unless it has the shape the source declared (the one the merge
+    was planned with) and, when its bytes are read `raw` by the slices and the kernels, the
+    declared dtype too: they read exactly that many entries of that width, and a source whose
+    data is shorter would have them read past its end. (A whole tensor is converted to the
+    compute dtype as it is copied: a LoRA expert's exact float32 task vector is fine there.)"""
     tensor = src.get(key)
-    if tuple(tensor.shape) != tuple(shape) or tensor.dtype != src.dtype(key):
+    if tuple(tensor.shape) != tuple(shape) or (raw and tensor.dtype != src.dtype(key)):
         raise BadCheckpointError(f"{src.label}: tensor '{key}' holds {tuple(tensor.shape)} "
                                  f"{tensor.dtype}, but its header declares {tuple(shape)} "
                                  f"{src.dtype(key)}")
@@ -231,7 +234,7 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
         if dev.type != "cpu":
             return [_checked(src, key, plan[key][0]).pin_memory() for src in inputs]
         if not whole:  # slices are converted from the mapping itself: fault its pages in here
-            return [_touch_pages(_checked(src, key, plan[key][0])) for src in inputs]
+            return [_touch_pages(_checked(src, key, plan[key][0], raw=True)) for src in inputs]
         return [in_ring.take(turn, slot, plan[key][0], dtype).copy_(_checked(src, key, plan[key][0]))
                 for slot, src in enumerate(inputs)]
 
