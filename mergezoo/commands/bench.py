@@ -44,8 +44,9 @@ def add_bench_options(p: argparse.ArgumentParser, *, default_out: str | None) ->
                    "the same run is reused: finished evaluations are kept)")
     p.add_argument("--no-scaling", action="store_true",
                    help="skip the scaling curves (merges of the first n experts)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes for the evaluations (default 1)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes for the evaluations (default: $MERGEZOO_BUILD_WORKERS, "
+                   "else min(2, cores)); the numbers are the same for any N")
     p.add_argument("--device", default="cpu", help="where merges run: cpu (default) or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -73,8 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def config_from(args: argparse.Namespace, benchmark: str):
     from mergezoo.eval.bench import BenchConfig
 
-    if args.workers < 1:
-        raise BenchmarkError(f"--workers must be at least 1, got {args.workers}")
+    from mergezoo.eval.training import default_workers
+
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise BenchmarkError(f"--workers must be at least 1, got {workers}")
     orderings = getattr(args, "orderings", 3)
     if orderings < 1:
         raise BenchmarkError(f"--orderings must be at least 1, got {orderings}")
@@ -82,7 +86,7 @@ def config_from(args: argparse.Namespace, benchmark: str):
                        methods=parse_list(args.methods, "methods"),
                        seeds=parse_list(getattr(args, "seeds", None), "seeds", int),
                        orderings=orderings, scaling=not args.no_scaling, device=args.device,
-                       workers=args.workers)
+                       workers=workers)
 
 
 def say(line: str) -> None:

@@ -220,6 +220,25 @@ def test_methods_are_checked_before_any_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_worker_processes_give_the_numbers_of_this_process(digits_tiny):
+    from mergezoo.eval.bench import BenchContext, ProcessExecutor
+
+    bench, zoo = digits_tiny
+    context = BenchContext(bench, zoo.root)
+    held_in = tuple(c.name for c in bench.held_in_cells)
+    jobs = [Job("merge", seed=0, split="validation", cells=held_in, method="ties",
+                params=(("density", 0.2), ("lambda", lam)), experts=(0, 1, 2)) for lam in (0.5, 1.0)]
+    jobs.append(Job("model", seed=None, split="test", cells=held_in,
+                    model=zoo.model_path("base").name))
+    here = {j.key: r["scores"] for j, r in LocalExecutor(context).map(jobs)}
+    pool = ProcessExecutor(context, workers=2)
+    try:
+        there = {j.key: r["scores"] for j, r in pool.map(jobs)}
+    finally:
+        pool.close()
+    assert there == here and len(here) == 3
+
+
 def test_job_keys_name_everything_that_defines_a_job():
     a = Job("merge", seed=0, split="validation", cells=("c",), method="ties",
             params=(("lambda", 1.0),), experts=(0, 1))
