@@ -80,3 +80,8 @@ class HubUnavailableError(MergezooError):
 
 class RepoNotEmptyError(OutputExistsError):
     """Pushing over an existing, non-empty repo without `overwrite` or `create_pr`."""
+
+
+class SpaceInputError(MergezooError, ValueError):
+    """An input of the Gradio Space is invalid: file type or size, text length, number of
+    images, a value out of range, an unknown expert or method."""
