@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "mergezoo.commands.benchmarks",
     "mergezoo.commands.bench",
     "mergezoo.commands.eval",
+    "mergezoo.commands.space",
 ]
 
 

@@ -42,7 +42,10 @@ class Handler:
         self.bench = bench
 
     def load(self, path: str | Path) -> Any:
-        return self.bench.load_model(path)
+        from mergezoo.eval.training import quiet_loading
+
+        with quiet_loading():
+            return self.bench.load_model(path)
 
     def module(self, model: Any) -> Any:
         """The torch module whose weights a merge replaces."""

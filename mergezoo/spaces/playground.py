@@ -116,6 +116,7 @@ class Playground:
     _models: dict[str, Any] = field(default_factory=dict, repr=False)
     _merged: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _spare: Any = field(default=None, repr=False)  # a loaded base for the next merge
 
     def __post_init__(self) -> None:
         if not self.experts:
@@ -191,8 +192,27 @@ class Playground:
         with self._lock:
             if which not in self._models:
                 path = self.base if which == "base" else self.expert(which).path
-                self._models[which] = self.handler.load(path)
+                if which != "base" and self.zoo is None and (path / "adapter_config.json").is_file():
+                    # a LoRA adapter from the Hub cache: its base is no sibling folder to load
+                    # it onto, so the expert is the base plus its exact task vector
+                    tv, _ = self.task_vectors()
+                    model = self.handler.load(self.base)
+                    only = tv.select([self.expert_labels.index(which)])
+                    self._models[which] = self.handler.with_weights(
+                        model, only.merge("task_arithmetic", {"lambda": 1.0}))
+                else:
+                    self._models[which] = self.handler.load(path)
             return self._models[which]
+
+    def warm(self) -> None:
+        """Load the base and every expert and compute the task vectors now, so the page's
+        first merge costs what every later one does."""
+        self.task_vectors()
+        for name in ["base", *self.expert_labels]:
+            self.model(name)
+        with self._lock:
+            if not self._merged:
+                self._spare = self.handler.load(self.base)
 
     def task_vectors(self, progress: Progress | None = None) -> tuple[TaskVectors, float]:
         """Every expert's task vector, computed on first use; returns (vectors, seconds spent
@@ -241,6 +261,9 @@ class Playground:
         else a fresh copy of the base."""
         if len(self._merged) >= KEEP_MERGED:
             return self._merged.popitem(last=False)[1]
+        if self._spare is not None:
+            spare, self._spare = self._spare, None
+            return spare
         return self.handler.load(self.base)
 
     def merged_model(self, spec: MergeSpec) -> Any:
