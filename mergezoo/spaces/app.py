@@ -64,6 +64,19 @@ def ui_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+class CheckedImage(gr.Image):
+    """An image input that checks the upload itself (type, size, decodable) before Gradio
+    converts it, so a bad file gets our message instead of a conversion error."""
+
+    def preprocess(self, payload: Any) -> Any:
+        if payload is not None and getattr(payload, "path", None):
+            try:
+                check_image(payload.path, name=getattr(payload, "orig_name", None))
+            except SpaceInputError as err:
+                raise gr.Error(str(err), print_exception=False) from None
+        return super().preprocess(payload)
+
+
 def _progress(progress: Any) -> Callable[[float, str], None]:
     return lambda fraction, desc: progress(fraction, desc=desc)
 
@@ -241,7 +254,7 @@ def build_app(playgrounds: list[Playground], *, title: str = "mergezoo: try merg
         with gr.Tab("Classifier", visible=bool(kinds - {IMAGE_GENERATION})):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", format="png", label="image", height=192,
+                    image = CheckedImage(type="filepath", format="png", label="image", height=192,
                                      image_mode="L", sources=["upload", "clipboard"],
                                      visible=view["kind"] != TEXT_CLASSIFICATION)
                     text = gr.Textbox(label="text", max_length=500, lines=2,

@@ -26,32 +26,34 @@ MAX_IMAGES = 8
 MAX_SEED = 2**31 - 1
 
 
-def check_image(path: str | Path | None) -> Any:
+def check_image(path: str | Path | None, name: str | None = None) -> Any:
     """An uploaded image file: a known image type, at most 2 MiB and 2048 px a side, that PIL
-    can decode. Returns the decoded `PIL.Image`."""
+    can decode. Returns the decoded `PIL.Image`. `name`: the file's name as uploaded (the
+    server may store it under another)."""
     from PIL import Image, UnidentifiedImageError
 
     if path is None or str(path) == "":
         raise SpaceInputError("no image: upload one, or pick an example")
     file = Path(path)
-    if file.suffix.lower() not in IMAGE_SUFFIXES:
-        raise SpaceInputError(f"{file.name}: not an image file (allowed: "
+    shown = name or file.name
+    if Path(shown).suffix.lower() not in IMAGE_SUFFIXES:
+        raise SpaceInputError(f"{shown}: not an image file (allowed: "
                               f"{', '.join(IMAGE_SUFFIXES)})")
     if not file.is_file():
-        raise SpaceInputError(f"{file.name}: the upload did not arrive")
+        raise SpaceInputError(f"{shown}: the upload did not arrive")
     size = file.stat().st_size
     if size > MAX_IMAGE_BYTES:
-        raise SpaceInputError(f"{file.name}: {size / 2**20:.1f} MiB is over the "
+        raise SpaceInputError(f"{shown}: {size / 2**20:.1f} MiB is over the "
                               f"{MAX_IMAGE_BYTES / 2**20:.0f} MiB limit")
     try:
         with Image.open(file) as img:
             if max(img.size) > MAX_IMAGE_SIDE:
-                raise SpaceInputError(f"{file.name}: {img.size[0]}x{img.size[1]} pixels is over "
+                raise SpaceInputError(f"{shown}: {img.size[0]}x{img.size[1]} pixels is over "
                                       f"the {MAX_IMAGE_SIDE} px limit")
             img.load()
             return img.copy()
     except (UnidentifiedImageError, OSError) as err:
-        raise SpaceInputError(f"{file.name}: cannot be read as an image ({err})") from None
+        raise SpaceInputError(f"{shown}: cannot be read as an image ({err})") from None
 
 
 def check_text(text: Any) -> str:
