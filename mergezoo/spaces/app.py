@@ -68,6 +68,9 @@ class CheckedImage(gr.Image):
     """An image input that checks the upload itself (type, size, decodable) before Gradio
     converts it, so a bad file gets our message instead of a conversion error."""
 
+    def get_block_name(self) -> str:
+        return "image"  # the page draws it with Gradio's own image component
+
     def preprocess(self, payload: Any) -> Any:
         if payload is not None and getattr(payload, "path", None):
             try:
@@ -255,6 +258,7 @@ def build_app(playgrounds: list[Playground], *, title: str = "mergezoo: try merg
             with gr.Row():
                 with gr.Column():
                     image = CheckedImage(type="filepath", format="png", label="image", height=192,
+                                         elem_id="input-image",
                                      image_mode="L", sources=["upload", "clipboard"],
                                      visible=view["kind"] != TEXT_CLASSIFICATION)
                     text = gr.Textbox(label="text", max_length=500, lines=2,
@@ -263,7 +267,8 @@ def build_app(playgrounds: list[Playground], *, title: str = "mergezoo: try merg
                                        label="task (label set)",
                                        visible=view["kind"] == TEXT_CLASSIFICATION)
                     example = gr.Dropdown(view["examples"], value=None,
-                                          label="or an example of a cell (test split)")
+                                          label="or an example of a cell (test split)",
+                                          elem_id="example")
                     classify_btn = gr.Button("Classify", variant="primary")
                 with gr.Column():
                     merged_label = gr.Label(num_top_classes=3, label="the merge (or the base)",
@@ -381,12 +386,12 @@ def build_app(playgrounds: list[Playground], *, title: str = "mergezoo: try merg
 
 
 def _widget(c: ctl.Control) -> gr.components.Component:
+    common = {"label": c.label, "info": c.info or None, "elem_id": f"hp-{c.method}-{c.name}"}
     if c.kind == "slider":
-        return gr.Slider(c.minimum, c.maximum, value=c.value, step=c.step, label=c.label,
-                         info=c.info or None)
+        return gr.Slider(c.minimum, c.maximum, value=c.value, step=c.step, **common)
     if c.kind == "checkbox":
-        return gr.Checkbox(value=c.value, label=c.label, info=c.info or None)
-    return gr.Dropdown(list(c.choices), value=c.value, label=c.label, info=c.info or None)
+        return gr.Checkbox(value=c.value, **common)
+    return gr.Dropdown(list(c.choices), value=c.value, **common)
 
 
 def allowed_paths(playgrounds: list[Playground]) -> list[str]:

@@ -69,6 +69,9 @@ class CheckedImage(gr.Image):
     """An image input that checks the upload itself (type, size, decodable) before Gradio
     converts it, so a bad file gets our message instead of a conversion error."""
 
+    def get_block_name(self) -> str:
+        return "image"  # the page draws it with Gradio's own image component
+
     def preprocess(self, payload: Any) -> Any:
         if payload is not None and getattr(payload, "path", None):
             try:
