@@ -27,6 +27,8 @@ COMMAND_MODULES = [
     "mergezoo.commands.benchmarks",
     "mergezoo.commands.bench",
     "mergezoo.commands.eval",
+    "mergezoo.commands.card",
+    "mergezoo.commands.reproduce",
     "mergezoo.commands.space",
 ]
 

@@ -82,6 +82,16 @@ class RepoNotEmptyError(OutputExistsError):
     """Pushing over an existing, non-empty repo without `overwrite` or `create_pr`."""
 
 
+class ModelCardError(MergezooError):
+    """A model card cannot be written: the folder is not a mergezoo merge (no provenance file),
+    or results.json is not a benchmark results file."""
+
+
+class ReproduceError(MergezooError):
+    """A merge cannot be re-run: an input cannot be found, or a local input's content differs
+    from the hash its card records."""
+
+
 class SpaceInputError(MergezooError, ValueError):
     """An input of the Gradio Space is invalid: file type or size, text length, number of
     images, a value out of range, an unknown expert or method."""

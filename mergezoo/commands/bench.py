@@ -89,12 +89,26 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def write_cards(results: dict, out: Path) -> list[Path]:
+    """A model card (with the run's results and plots) for every tuned merge the bench wrote
+    to OUT/models/<method>, so each can be pushed as it is (`mergezoo push`)."""
+    from mergezoo.model_cards import write_card
+
+    written = []
+    for row in results["rows"]:
+        model_dir = (row.get("cost") or {}).get("model_dir") if row["kind"] == "merge" else None
+        if model_dir:
+            written.append(write_card(out / model_dir, out / "results.json"))
+    return written
+
+
 def run(args: argparse.Namespace) -> int:
     from mergezoo.eval.bench import run_bench
 
     config = config_from(args, args.benchmark)
     out = Path(args.out or f"bench-{args.benchmark}-{args.size}")
     results = run_bench(config, out, overwrite=args.overwrite, progress=not args.quiet, say=say)
+    write_cards(results, out)
     print((out / "results.md").read_text())
     failed = [c["check"] for c in results["checks"] if not c["passed"]]
     if failed:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mergezoo.commands.bench import add_bench_options, config_from, say
+from mergezoo.commands.bench import add_bench_options, config_from, say, write_cards
 
 DEMO_BENCHMARK = "digits-domains"
 DEMO_OUT = "mergezoo-demo"
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     config.scaling = args.scaling
     out = Path(args.out)
     results = run_bench(config, out, overwrite=args.overwrite, progress=not args.quiet, say=say)
+    write_cards(results, out)
     cells = results["cells"]
     print(f"\n{results['benchmark']} (size {results['size']}): merging methods against the "
           "baselines\n")
@@ -85,5 +86,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'ok  ' if check['passed'] else 'MISS'} {check['check']}: {check['value']}")
     print(f"\nfull table, the paper's findings and per-cell scores: {out / 'results.md'}")
     print(f"results.json: {out / 'results.json'}; plots: {out / 'plots'}; "
-          f"merged models (tuned, seed 0): {out / 'models'}")
+          f"merged models (tuned, seed 0, with model cards): {out / 'models'}")
     return 0

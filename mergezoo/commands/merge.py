@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import yaml
 
 from mergezoo.errors import RecipeError
-from mergezoo.merge import MergeRecipe, run_recipe
+
+if TYPE_CHECKING:  # the merge package imports torch: not needed for `mergezoo --help`
+    from mergezoo.merge import MergeRecipe
 
 EPILOG = """examples:
   mergezoo merge recipe.yaml --out merged
   mergezoo merge --method ties --base org/base org/a org/b --out merged --set density=0.2 --set lambda=1.0
   mergezoo merge --method average ./expert-a ./expert-b --out soup --out-dtype bfloat16
+  mergezoo merge recipe.yaml --out merged --push org/merged     # merge, card, push: one commit
+
+The output folder gets a model card (README.md) written from the merge's provenance;
+`mergezoo card DIR --results results.json` rewrites it after an evaluation.
 
 `mergezoo methods` lists the methods and their hyperparameters.
 
@@ -35,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="RECIPE_OR_MODEL",
                    help="a recipe .yaml file, or (with --method) the experts to merge")
-    p.add_argument("--out", "-o", required=True, help="output folder (written atomically)")
+    p.add_argument("--out", "-o", help="output folder (written atomically, with its model "
+                   "card); optional with --push (then a temporary folder)")
     p.add_argument("--method", "-m", help="merge method, instead of a recipe")
     p.add_argument("--base", help="base model the experts were fine-tuned from")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -54,10 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, help="LoRA rank for --output lora (truncated SVD)")
     p.add_argument("--shard-size", default="2GB", help="largest output shard (default 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--push", metavar="ORG/NAME", help="then push the folder (weights, recipe, "
+                   "provenance, card) to this Hub repo in one commit")
+    p.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    push_mode = p.add_mutually_exclusive_group()
+    push_mode.add_argument("--push-overwrite", action="store_true", help="with --push: replace "
+                           "the content of an existing repo in the same commit")
+    push_mode.add_argument("--create-pr", action="store_true", help="with --push: open a pull "
+                           "request instead of committing to main")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept .bin/.pt checkpoints (loaded with torch.load(weights_only=True))")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, usage_error=p.error)
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -71,6 +87,8 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def build_recipe(args: argparse.Namespace) -> MergeRecipe:
+    from mergezoo.merge import MergeRecipe
+
     """The recipe the command line describes (a recipe file, flags, or both)."""
     if args.method:
         data = {"merge_method": args.method, "models": list(args.inputs)}
@@ -99,19 +117,57 @@ def build_recipe(args: argparse.Namespace) -> MergeRecipe:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergezoo.merge import run_recipe
+
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from mergezoo.model_cards import write_card
+
     if args.kernels:  # the engine reads it (mergezoo.merge.kernels.mode)
         os.environ["MERGEZOO_KERNELS"] = args.kernels
+    if not args.out and not args.push:
+        args.usage_error("the following arguments are required: --out (or --push ORG/NAME)")
     recipe = build_recipe(args)
-    result = run_recipe(recipe, out_dir=args.out, device=args.device, overwrite=args.overwrite,
-                        progress=not args.quiet, allow_pickle=args.allow_pickle,
-                        max_shard_size=args.shard_size)
-    if result.lora_errors and not args.quiet:
-        worst = max(result.lora_errors.items(), key=lambda kv: kv[1])
-        mean = sum(result.lora_errors.values()) / len(result.lora_errors)
-        print(f"LoRA rank {recipe.rank}: relative reconstruction error mean {mean:.4f}, worst "
-              f"{worst[1]:.4f} ({worst[0]}); per layer in lora_errors.json", file=sys.stderr)
-    if not args.quiet:
-        print(f"merged {result.n_tensors} tensors ({result.n_parameters:,} parameters) with "
-              f"{result.method} on {result.device} in {result.seconds:.1f} s -> {result.out_dir}",
-              file=sys.stderr)
+    if args.push:  # refuse a bad repo ID or a missing token before the merge, not after it
+        from mergezoo.errors import HubAccessError
+        from mergezoo.zoo.hub import token_source
+        from mergezoo.zoo.push import check_repo_id
+
+        check_repo_id(args.push)
+        if token_source(None) is None:
+            raise HubAccessError(f"{args.push}: pushing needs a Hub token with write access; "
+                                 "none was found: set the HF_TOKEN environment variable (or run "
+                                 "`hf auth login`)")
+    scratch = Path(tempfile.mkdtemp(prefix="mergezoo-push-")) if not args.out else None
+    out = Path(args.out) if args.out else scratch / args.push.split("/")[-1]
+    try:
+        # The card is written inside the atomic output, so the folder never exists without it.
+        result = run_recipe(recipe, out_dir=out, device=args.device, overwrite=args.overwrite,
+                            progress=not args.quiet, allow_pickle=args.allow_pickle,
+                            max_shard_size=args.shard_size,
+                            finalize=lambda folder: write_card(folder, repo_id=args.push))
+        if result.lora_errors and not args.quiet:
+            worst = max(result.lora_errors.items(), key=lambda kv: kv[1])
+            mean = sum(result.lora_errors.values()) / len(result.lora_errors)
+            print(f"LoRA rank {recipe.rank}: relative reconstruction error mean {mean:.4f}, "
+                  f"worst {worst[1]:.4f} ({worst[0]}); per layer in lora_errors.json",
+                  file=sys.stderr)
+        if not args.quiet:
+            print(f"merged {result.n_tensors} tensors ({result.n_parameters:,} parameters) with "
+                  f"{result.method} on {result.device} in {result.seconds:.1f} s -> "
+                  f"{args.out or 'a temporary folder'}", file=sys.stderr)
+        if args.push:
+            from mergezoo.zoo.push import push_folder
+
+            pushed = push_folder(out, args.push, private=args.private,
+                                 overwrite=args.push_overwrite, create_pr=args.create_pr)
+            print(f"pushed {len(pushed.files)} file(s) to {pushed.repo_id} in one commit: "
+                  f"{pushed.commit_url}")
+            if pushed.pr_url:
+                print(f"pull request: {pushed.pr_url}")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from mergezoo.merge import list_methods
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +37,8 @@ def _hp_text(m) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergezoo.merge import list_methods
+
     methods = list_methods()
     if args.name:
         from mergezoo.merge import get_method

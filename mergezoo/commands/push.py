@@ -29,8 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergezoo.zoo.push import PushPlan, push_folder
+    from mergezoo.model_cards import refresh_card
+    from mergezoo.zoo.push import PushPlan, check_repo_id, push_folder
 
+    if not args.dry_run:
+        check_repo_id(args.repo_id)
+        # An untouched mergezoo card names the local folder in its snippets; name the repo.
+        refresh_card(args.folder, args.repo_id)
     result = push_folder(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run,
                          overwrite=args.overwrite, create_pr=args.create_pr,
                          commit_message=args.message, require_card=not args.allow_missing_card)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -21,6 +22,8 @@ from mergezoo import __version__
 from mergezoo.errors import IncompatibleModelsError, RecipeError
 from mergezoo.merge.engine import MergeResult, check_counts, copy_model_files, merge_sources
 from mergezoo.merge.layers import LiNeS
+from mergezoo.merge.provenance import (dtype_name, input_record, output_hashes, portable_ref,
+                                       recipe_names, set_config_dtype, weight_hashes)
 from mergezoo.merge.recipe import MergeRecipe, ModelEntry, parse_dtype
 from mergezoo.merge.registry import get_method
 from mergezoo.merge.sources import is_lora_folder, open_source
@@ -71,9 +74,17 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
                  lines: LiNeS | None = None, component: str | None = None, seed: int = 0,
                  overwrite: bool = False, progress: bool = True, allow_pickle: bool = False,
                  max_shard_size: str | int = "2GB",
-                 recipe: MergeRecipe | None = None) -> MergeResult:
+                 recipe: MergeRecipe | None = None,
+                 finalize: Callable[[Path], None] | None = None,
+                 relative_to: str | Path | None = None) -> MergeResult:
     """Merge models given by reference into `out_dir` (config and tokenizer from the base,
-    or the first model, so `from_pretrained(out_dir)` loads the result)."""
+    or the first model, so `from_pretrained(out_dir)` loads the result).
+
+    The recipe and provenance written beside the weights name local inputs by their path
+    relative to `relative_to` (default: `out_dir`). `finalize(folder)` is called once every
+    file is written, before the folder is moved into place (e.g. to write the model card).
+    """
+    started = time.perf_counter()
     refs = [str(m) for m in models]
     spec = get_method(method)
     if base is not None and spec.needs.base and str(base) in refs:
@@ -108,6 +119,7 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
     check_architectures([(s.label, weights_dir(r)) for s, r in zip(sources, resolved)]
                         + ([(base_src.label, weights_dir(resolved_base))] if base_src else []))
     template = resolved_base or resolved[0]
+    record_root = Path(relative_to if relative_to is not None else out_dir).expanduser()
 
     if recipe is None:
         recipe = MergeRecipe(merge_method=method, base_model=str(base) if base is not None else None,
@@ -118,27 +130,57 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
                              component=component, seed=seed,
                              lines={"alpha": lines.alpha, "beta": lines.beta} if lines else None)
 
+    recipe = _portable_recipe(recipe, ([resolved_base] if resolved_base else []) + resolved,
+                              record_root)
+
+    def subfolder(r: ResolvedModel) -> str | None:
+        return component if component and (r.path / component).is_dir() else None
+
     def prepare(tmp: Path) -> None:
         copy_model_files(template.path, tmp, skip_weights_in={component or ""})
+        set_config_dtype(tmp / component if component else tmp, out_dtype)
         (tmp / RECIPE_FILE).write_text(recipe.to_yaml())
 
-    def finalize(tmp: Path, result: MergeResult) -> None:
+    def finalize_output(tmp: Path, result: MergeResult) -> None:
+        names = {hp.name: hp.arg for hp in spec.hyperparameters.values()}
         provenance = {
             "mergezoo": __version__, "method": result.method, "recipe": RECIPE_FILE,
-            "hyperparameters": _jsonable(result.hyperparameters), "seed": seed,
-            "base_model": resolved_base.to_dict() if resolved_base else None,
-            "models": [r.to_dict() for r in resolved],
+            "hyperparameters": _jsonable(recipe_names(result.hyperparameters, names)),
+            "seed": seed, "output": "full", "out_dir": Path(out_dir).name,
+            "dtype": dtype_name(dtype), "out_dtype": dtype_name(out_dtype) if out_dtype else None,
+            "lines": {"alpha": lines.alpha, "beta": lines.beta} if lines else None,
+            "base_model": (input_record(resolved_base, record_root, subfolder(resolved_base))
+                           if resolved_base else None),
+            "models": [input_record(r, record_root, subfolder(r)) for r in resolved],
             "component": component, "device": result.device,
             "environment": {"torch": torch.__version__, "python": platform.python_version()},
+            "merge_seconds": round(time.perf_counter() - started, 3),
             "output_sha256": result.sha256,
+            "files_sha256": output_hashes(tmp, skip=set(result.sha256)),
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        if finalize is not None:
+            finalize(tmp)
 
-    return merge_sources(method, sources, base=base_src, out_dir=out_dir, params=params,
-                         model_params=model_params, lines=lines, device=device, dtype=dtype,
-                         out_dtype=out_dtype, seed=seed, overwrite=overwrite, progress=progress,
-                         max_shard_size=max_shard_size, weights_subdir=component,
-                         prepare_output=prepare, finalize_output=finalize)
+    result = merge_sources(method, sources, base=base_src, out_dir=out_dir, params=params,
+                           model_params=model_params, lines=lines, device=device, dtype=dtype,
+                           out_dtype=out_dtype, seed=seed, overwrite=overwrite,
+                           progress=progress, max_shard_size=max_shard_size,
+                           weights_subdir=component, prepare_output=prepare,
+                           finalize_output=finalize_output)
+    result.base_path = resolved_base.path if resolved_base else None
+    return result
+
+
+def _portable_recipe(recipe: MergeRecipe, inputs: list[ResolvedModel],
+                     relative_to: Path) -> MergeRecipe:
+    """The recipe with every local input named by its path relative to the output, so the
+    copy written beside the weights (and pushed with them) holds no absolute local path."""
+    names = {str(r.ref): portable_ref(r, relative_to) for r in inputs}
+    names.update({str(r.path): portable_ref(r, relative_to) for r in inputs if not r.repo_id})
+    base = names.get(recipe.base_model, recipe.base_model) if recipe.base_model else None
+    models = [m.model_copy(update={"model": names.get(m.model, m.model)}) for m in recipe.models]
+    return recipe.model_copy(update={"base_model": base, "models": models})
 
 
 def _jsonable(value: Any) -> Any:
@@ -171,12 +213,18 @@ def expand_experts(recipe: MergeRecipe) -> MergeRecipe:
 
 def run_recipe(recipe: MergeRecipe, *, out_dir: str | Path, device: str = "auto",
                overwrite: bool = False, progress: bool = True, allow_pickle: bool = False,
-               max_shard_size: str | int = "2GB") -> MergeResult:
-    """Run a merge recipe (see `mergezoo.merge.recipe`)."""
+               max_shard_size: str | int = "2GB", finalize: Callable[[Path], None] | None = None,
+               relative_to: str | Path | None = None) -> MergeResult:
+    """Run a merge recipe (see `mergezoo.merge.recipe`).
+
+    `finalize(folder)` runs once every file is written, before the output is moved into place
+    (the CLI writes the model card there); `relative_to` is the folder local inputs are recorded
+    relative to (default: `out_dir`).
+    """
     recipe = expand_experts(recipe)
     if recipe.output == "lora":
         return _merge_to_lora(recipe, out_dir=out_dir, device=device, overwrite=overwrite,
-                              progress=progress, allow_pickle=allow_pickle)
+                              progress=progress, allow_pickle=allow_pickle, finalize=finalize)
     lines = LiNeS(recipe.lines.alpha, recipe.lines.beta) if recipe.lines else None
     return merge_models(
         recipe.merge_method, [m.model for m in recipe.models], out_dir=out_dir,
@@ -184,11 +232,13 @@ def run_recipe(recipe: MergeRecipe, *, out_dir: str | Path, device: str = "auto"
         model_params=[m.parameters for m in recipe.models], device=device,
         dtype=parse_dtype(recipe.dtype, "dtype"), out_dtype=parse_dtype(recipe.out_dtype, "out_dtype"),
         lines=lines, component=recipe.component, seed=recipe.seed, overwrite=overwrite,
-        progress=progress, allow_pickle=allow_pickle, max_shard_size=max_shard_size, recipe=recipe)
+        progress=progress, allow_pickle=allow_pickle, max_shard_size=max_shard_size, recipe=recipe,
+        finalize=finalize, relative_to=relative_to)
 
 
 def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, overwrite: bool,
-                   progress: bool, allow_pickle: bool) -> MergeResult:
+                   progress: bool, allow_pickle: bool,
+                   finalize: Callable[[Path], None] | None = None) -> MergeResult:
     """Merge to a full model in a temporary folder, then re-factorise merged - base into a
     LoRA of `recipe.rank` by truncated SVD (errors per layer in lora_errors.json)."""
     import shutil
@@ -201,21 +251,38 @@ def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, ove
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.full-", dir=out.parent))
         try:
+            # Local inputs are recorded relative to the LoRA's folder, not the scratch merge's.
             result = run_recipe(full, out_dir=scratch / "merged", device=device,
-                                progress=progress, allow_pickle=allow_pickle)
+                                progress=progress, allow_pickle=allow_pickle, relative_to=out)
             merged = scratch / "merged"
-            # The merge already resolved (and for Hub repos pulled) the base: reuse its path.
             provenance = json.loads((merged / PROVENANCE_FILE).read_text())
-            base = Path(provenance["base_model"]["path"])
+            written = MergeRecipe.from_yaml((merged / RECIPE_FILE).read_text())
+            # The merge already resolved (and for Hub repos pulled) the base: reuse its path.
+            base = result.base_path
             if recipe.component:
                 base, merged = base / recipe.component, merged / recipe.component
+            # The adapter names a Hub base by its ID; a local base by nothing: an absolute path
+            # is private, and a relative one would change with where the output lies, so a
+            # re-run elsewhere (`mergezoo reproduce`) would not give the same file.
+            hub_base = provenance["base_model"].get("repo_id")
             report = extract_lora(merged, base, tmp / "adapter", recipe.rank,
-                                  base_model_name=recipe.base_model)
+                                  base_model_name=written.base_model if hub_base else None)
             for f in (tmp / "adapter").iterdir():
                 f.rename(tmp / f.name)
             (tmp / "adapter").rmdir()
-            (tmp / RECIPE_FILE).write_text(recipe.to_yaml())
+            # "out_dir" relative to the report itself: an absolute path would leak where the
+            # merge ran, and the adapter's own temporary folder is meaningless.
+            report.out_dir = Path(".")
+            (tmp / "lora_errors.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            written = written.model_copy(update={"output": "lora", "rank": recipe.rank})
+            (tmp / RECIPE_FILE).write_text(written.to_yaml())
+            weights = weight_hashes(tmp)
+            provenance.update({"output": "lora", "rank": recipe.rank, "out_dir": out.name,
+                               "output_sha256": weights,
+                               "files_sha256": output_hashes(tmp, skip=set(weights))})
             (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+            if finalize is not None:
+                finalize(tmp)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     result.out_dir = out

@@ -61,6 +61,7 @@ class MergeResult:
     device: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     lora_errors: dict[str, float] | None = None  # relative error per layer, for LoRA output
+    base_path: Path | None = None  # where the base model was read from (local or Hub cache)
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

@@ -21,19 +21,25 @@ Example:
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
+from mergezoo.merge import kernels
 from mergezoo.merge.engine import _specialize, check_compatible, check_counts, pick_device
 from mergezoo.merge.layers import LiNeS, layer_positions
 from mergezoo.merge.ops import TopKCut, magnitude_bits
 from mergezoo.merge.registry import MergeInputs, MergeMethod, ModelStream, get_method
+from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
+from mergezoo.merge.threads import torch_threads
 from mergezoo.merge.sources import StateDictSource, TensorSource, is_lora_folder, open_source
 
 StateDict = dict[str, torch.Tensor]
@@ -58,6 +64,36 @@ class _Shared:
     merged_bytes: int = 0
     cuts: dict = field(default_factory=dict)  # (expert, key, k) -> TopKCut
     states: dict = field(default_factory=dict)  # prepare passes' results
+    zeros: torch.Tensor | None = None  # the zero "base" of slice-by-slice merges of deltas
+    scratch: dict = field(default_factory=dict)  # thread -> inputs -> slice buffers
+    seen_ks: dict = field(default_factory=dict)  # (expert, key) -> the ks cut so far
+    sorted_bits: dict = field(default_factory=dict)  # (expert, key) -> sorted magnitude bits
+    sorted_bytes: int = 0  # bounded by cache_bytes, like the merges
+
+    _pool: ThreadPoolExecutor | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reserve(self, size: int) -> bool:
+        """Count `size` more bytes of sorted magnitudes, if they fit in `cache_bytes`."""
+        with self._lock:
+            if self.sorted_bytes + size > self.cache_bytes:
+                return False
+            self.sorted_bytes += size
+            return True
+
+    def pool(self, workers: int) -> ThreadPoolExecutor:
+        """The compute threads of slice-by-slice merges, kept for the next merge."""
+        if self._pool is None or self._pool._max_workers != workers:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(max_workers=workers,
+                                            thread_name_prefix="mergezoo-memory")
+        return self._pool
+
+    def zero(self, n: int) -> torch.Tensor:
+        if self.zeros is None or self.zeros.numel() < n:
+            self.zeros = torch.zeros(n, dtype=self.dtype)
+        return self.zeros[:n]
 
     def weight(self, i: int, key: str) -> torch.Tensor:
         """Expert `i`'s weights for `key` in the compute dtype: as given, else base + delta."""
@@ -103,13 +139,80 @@ class _WholeTensorView:
         return cuts
 
 
+class _CachingSlicedTensor(SlicedTensor):
+    """The engine's slice-by-slice view, with each task vector's top-k cut over the slices
+    cached per (expert, tensor, k) across merges. When a second k is asked for the same task
+    vector (a density sweep), its magnitudes are sorted once, and every further cut is a
+    binary search in them (plus a count of the tied entries per slice)."""
+
+    def __init__(self, shared: _Shared, experts: list[int], *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.shared, self.experts = shared, experts
+
+    def top_k_cuts(self, ks: list[int | None], of: list[int] | None = None) -> list:
+        sh = self.shared
+        of = list(range(len(ks))) if of is None else of
+        ids = [("sliced", self.experts[i], self.key, k) for k, i in zip(ks, of)]
+        missing = []
+        for j, (k, i) in enumerate(zip(ks, of)):
+            if k is None or ids[j] in sh.cuts:
+                continue
+            tensor = (self.experts[i], self.key)
+            ordered = sh.sorted_bits.get(tensor)
+            if ordered is None and sh.seen_ks.get(tensor, set()) - {k} and sh.reserve(4 * self.n):
+                bits = self.magnitude_bits(i)
+                ordered = [np.sort(bits(part).numpy()) for part in self.parts]
+                sh.sorted_bits[tensor] = ordered
+            sh.seen_ks.setdefault(tensor, set()).add(k)
+            if ordered is not None:
+                sh.cuts[ids[j]] = _cut_from_sorted(ordered, k)
+            else:
+                missing.append(j)
+        if missing:
+            found = super().top_k_cuts([ks[j] for j in missing], of=[of[j] for j in missing])
+            for j, cut in zip(missing, found):
+                sh.cuts[ids[j]] = cut
+        return [None if k is None else sh.cuts[i] for k, i in zip(ks, ids)]
+
+
+def _cut_from_sorted(parts: list[np.ndarray], k: int) -> TopKCut:
+    """The cut `TopKCut.find` gives (the k-th largest magnitude; of the entries equal to it,
+    the first ones in slice order) from each slice's sorted magnitude bits: the threshold is
+    the largest bit pattern that at least k entries reach (a binary search over the patterns,
+    counting in every slice by binary search)."""
+    def at_least(v: int) -> int:
+        value = np.int32(v)
+        return sum(p.size - int(np.searchsorted(p, value, "left")) for p in parts)
+
+    if len(parts) == 1:
+        low = high = int(parts[0][parts[0].size - k])
+    else:
+        low, high = 0, (1 << 31) - 1  # at_least(low) >= k > at_least(high + 1)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if at_least(mid) >= k:
+            low = mid
+        else:
+            high = mid - 1
+    threshold = np.int32(low)
+    above = [p.size - int(np.searchsorted(p, threshold, "right")) for p in parts]
+    equal = [p.size - int(np.searchsorted(p, threshold, "left")) - a for p, a in zip(parts, above)]
+    ties = k - sum(above)
+    allowed = []
+    for count in equal:  # the tied entries that belong to the top k come first
+        allowed.append(min(ties, count))
+        ties -= allowed[-1]
+    return TopKCut(int(threshold), allowed, equal)
+
+
 class TaskVectors:
     """Task vectors computed once; then one merge per grid point, no disk.
 
     `base` may be None for methods that do not use it (average, slerp of two models).
     `device`: "auto", "cpu" or "cuda" (see `engine.pick_device`); `dtype` is the compute
     dtype (the engine's default, float32). `cache_bytes` bounds the unscaled merges kept for
-    sweeps over a method's linear hyperparameter (lambda).
+    sweeps over a method's linear hyperparameter (lambda), and, separately, the sorted task-vector
+    magnitudes kept for density sweeps (4 bytes per entry).
 
     Example:
         >>> tv = TaskVectors(base, [a, b, c], labels=["a", "b", "c"])    # doctest: +SKIP
@@ -133,13 +236,12 @@ class TaskVectors:
         if reference is None:
             raise RecipeError("task vectors need their base model")
         ref_src = StateDictSource(reference, "base" if base is not None else labels[0])
-        _check_sources(ref_src, [StateDictSource(e, label) for e, label, d in
-                                 zip(experts, labels, given) if e is not None and e is not reference])
+        check_compatible(ref_src, [StateDictSource(e, label) for e, label in zip(experts, labels)
+                                   if e is not None and e is not reference])
         float_keys = [k for k, t in reference.items() if t.is_floating_point()]
-        for d, label in zip(given, labels):
-            if d is not None:
-                _check_sources(StateDictSource({k: reference[k] for k in float_keys}, ref_src.label),
-                               [StateDictSource(d, f"{label} (task vector)")])
+        floats = StateDictSource({k: reference[k] for k in float_keys}, ref_src.label)
+        check_compatible(floats, [StateDictSource(d, f"{label} (task vector)")
+                                  for d, label in zip(given, labels) if d is not None])
         base32 = None if base is None else {
             k: base[k].to(dev, dtype=dtype) for k in float_keys}
         deltas = None
@@ -233,7 +335,8 @@ class TaskVectors:
         check_counts(spec, n, sh.base is not None)
         kwargs = spec.resolve(params or {}, model_params or [], n)
         if lines is not None and spec.returns != "delta":
-            raise RecipeError(f"LiNeS scales task vectors; method '{spec.name}' does not produce one")
+            raise RecipeError(
+                f"LiNeS scales task vectors; method '{spec.name}' does not produce one")
         use_base = sh.base is not None and bool(spec.needs.base)
         linear = spec.hyperparameters[spec.linear].arg if spec.linear else None
         # Everything but the linear hyperparameter decides the unscaled merge.
@@ -245,11 +348,10 @@ class TaskVectors:
         if cached is not None:
             sh.merged.move_to_end(ident)
         fresh: StateDict = {}
-        out: StateDict = {}
-        for key, ref in sh.reference.items():
-            if not ref.is_floating_point():  # integer buffers are copied from the reference
-                out[key] = ref.clone()
-                continue
+        out: StateDict = {key: ref.clone() for key, ref in sh.reference.items()
+                          if not ref.is_floating_point()}  # integers: from the reference
+
+        def merge_key(key: str) -> torch.Tensor:
             hp = _specialize(spec, kwargs, key, sh.positions[key])
             if linear:
                 lam = hp[linear]
@@ -257,15 +359,30 @@ class TaskVectors:
                 if unscaled is None:
                     unscaled = fresh[key] = self._merge_one(spec, {**hp, linear: 1.0}, key,
                                                             use_base, state, seed)
-                # The method's own last step, `mixed.mul_(lambda_)` (skipped at 1).
-                merged = unscaled * lam if lam != 1 else unscaled.clone()
+                # The method's own last step, `mixed.mul_(lambda_)` (skipped at 1); the
+                # cached tensor itself is never changed.
+                owned = lam != 1
+                merged = unscaled * lam if owned else unscaled
             else:
-                merged = self._merge_one(spec, hp, key, use_base, state, seed)
-            if spec.returns == "delta":
+                merged, owned = self._merge_one(spec, hp, key, use_base, state, seed), True
+            if spec.returns == "delta":  # the engine's (merged * LiNeS scale) + base
                 scale = lines.scale(sh.positions[key]) if lines else 1.0
-                merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(sh.base[key])
+                if scale != 1.0:
+                    merged, owned = (merged.mul_(scale) if owned else merged * scale), True
+                merged = merged.add_(sh.base[key]) if owned else merged + sh.base[key]
             self._check_finite(key, merged, use_base)
-            out[key] = merged.to(out_dtype or ref.dtype)
+            return merged.to(out_dtype or sh.reference[key].dtype)
+
+        workers = torch.get_num_threads()
+        if self._sliced(spec, use_base) and workers > 1:
+            # Most tensors are one slice: merge several tensors side by side, each on one
+            # intra-op thread (torch releases the GIL inside operations and kernels).
+            with torch_threads(1):
+                merged = list(sh.pool(workers).map(merge_key, sh.float_keys))
+        else:
+            merged = [merge_key(key) for key in sh.float_keys]
+        out.update(zip(sh.float_keys, merged))
+        out = {key: out[key] for key in sh.reference}  # the reference's order
         if linear and cached is None:
             sh.remember(ident, fresh)
         return out
@@ -289,6 +406,8 @@ class TaskVectors:
 
     def _merge_one(self, spec: MergeMethod, hp: dict, key: str, use_base: bool, state: Any,
                    seed: int) -> torch.Tensor:
+        if self._sliced(spec, use_base):
+            return self._merge_sliced(spec, hp, key, state, seed)
         x = self._inputs(spec, key, use_base, seed, state)
         if spec.per_tensor is not None and use_base:
             # The whole tensor is the method's one slice (index 0), cut where the cached
@@ -298,6 +417,43 @@ class TaskVectors:
             return spec.fn(x, **hp)
         except ValueError as err:  # the method's own refusal (e.g. slerp of three models)
             raise IncompatibleModelsError(f"tensor '{key}': {spec.name} failed: {err}") from err
+
+    def _sliced(self, spec: MergeMethod, use_base: bool) -> bool:
+        """Element-wise task-vector methods on CPU merge as the engine does there: slice by
+        slice (with the fused kernels where they run), over the cached task vectors."""
+        return (spec.elementwise and spec.returns == "delta" and use_base
+                and self._shared.dev.type == "cpu")
+
+    def _merge_sliced(self, spec: MergeMethod, hp: dict, key: str, state: Any,
+                      seed: int) -> torch.Tensor:
+        """The merged task vector of `key` by the engine's slice-by-slice path, given a zero
+        base and the task vectors as the models: the method computes each model minus the
+        base, which is then the cached task vector exactly (also a LoRA's exact delta), and
+        its result plus a zero base is its merged task vector."""
+        sh = self._shared
+        shape = sh.base[key].shape
+        deltas = [sh.deltas[i][key].reshape(-1) for i in self._experts]
+        inputs = [sh.zero(deltas[0].numel())] + deltas
+        fused = bool(spec.fused) and sh.dtype == torch.float32 and kernels.enabled() \
+            and kernels.load({sh.dtype}, {sh.dtype}, len(deltas), True)
+        out = torch.empty(deltas[0].numel(), dtype=sh.dtype)
+        # Slice buffers for the torch functions, one set per thread (tensors are merged on
+        # several threads at once, see `merge`).
+        buffers = sh.scratch.setdefault(threading.get_ident(), {})
+        scratch = buffers.setdefault(len(inputs), [new_scratch(len(inputs), sh.dtype)])
+        seeds = ([zlib.crc32(f"{seed}/{key}/{i}".encode()) for i in range(len(deltas))]
+                 if spec.random else None)
+        # One intra-op thread per operation, as in the engine; the caller spreads tensors over
+        # its threads.
+        with torch_threads(1):
+            view = _CachingSlicedTensor(sh, self._experts, key, inputs, has_base=True,
+                                        dtype=sh.dtype, pool=None, fused=fused)
+            try:
+                merge_sliced(spec, hp, view, out, seeds=seeds, state=state, scratch=scratch)
+            except ValueError as err:
+                raise IncompatibleModelsError(
+                    f"tensor '{key}': {spec.name} failed: {err}") from err
+        return out.view(shape)
 
     def _prepare(self, spec: MergeMethod, kwargs: dict, ident: tuple) -> Any:
         """The method's whole-model pass (e.g. TIES's model-wide thresholds), once per
@@ -334,10 +490,6 @@ def merge_state_dicts(method: str, base: StateDict | None, experts: list[StateDi
     (model_params, lines, seed, out_dtype)."""
     init = {k: kw.pop(k) for k in ("labels", "device", "dtype") if k in kw}
     return TaskVectors(base, experts, cache_bytes=0, **init).merge(method, params, **kw)
-
-
-def _check_sources(reference: TensorSource, others: list[TensorSource]) -> None:
-    check_compatible(reference, others)
 
 
 def _read_all(src: TensorSource) -> StateDict:

@@ -206,12 +206,13 @@ class TopKCut:
 
     @classmethod
     def find(cls, bits_of: Magnitudes, n: int, k: int, parts: list[slice] | None = None,
-             device: torch.device | str = "cpu") -> "TopKCut":
-        """The cut, with the bracket pass in torch operations (see `band_of`)."""
+             device: torch.device | str = "cpu", select: Callable = kth_smallest) -> "TopKCut":
+        """The cut, with the bracket pass in torch operations (see `band_of`); `select(values,
+        ranks)` is the plain selection of a small tensor (`kernels.kth_smallest` is faster)."""
         parts = parts or [slice(0, n)]
         if n <= SMALL:  # a plain selection beats histograms and sampling here
             bits = bits_of(slice(0, n))
-            threshold, = kth_smallest(bits, [bits.numel() - k + 1])
+            threshold, = select(bits, [bits.numel() - k + 1])
             return cls(threshold, [k - int(torch.count_nonzero(bits > threshold))],
                        [int(torch.count_nonzero(bits == threshold))])
         scan = band_of(bits_of)
@@ -228,8 +229,9 @@ class TopKCut:
         `scan_all` does every bracket pass in one pass per part (the fused kernel reads the
         base once for all of them). `run(fn, items)` maps over parts and models (a thread
         pool's map); `select` finds a rank in a band (see `resolve_band`)."""
-        if n <= SMALL:
-            return [cls.find(b, n, k, parts) for b, k in zip(bits_of, ks)]
+        if n <= SMALL:  # `select` also takes (values, ranks) alone, except kth_in_range
+            small = kth_smallest if select is kth_in_range else select
+            return [cls.find(b, n, k, parts, select=small) for b, k in zip(bits_of, ks)]
         brackets = list(run(lambda i: bracket(bits_of[i](sample_part(n)), n, ks[i]),
                             range(len(ks))))
         lows, highs = [b[0] for b in brackets], [b[1] for b in brackets]

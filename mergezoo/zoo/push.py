@@ -75,12 +75,17 @@ class PushResult:
                 "deleted": self.deleted, "created_repo": self.created_repo}
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Raise ModelNotFoundError unless `repo_id` has the form namespace/name."""
+    if not _REPO_ID.match(repo_id):
+        raise ModelNotFoundError(f"{repo_id!r}: not a repo ID of the form namespace/name")
+
+
 def plan_push(folder: str | Path, repo_id: str, *, private: bool = False, create_pr: bool = False,
               overwrite: bool = False, require_card: bool = True) -> PushPlan:
     """List the files of `folder` that a push to `repo_id` would upload (no network)."""
     root = Path(folder).expanduser()
-    if not _REPO_ID.match(repo_id):
-        raise ModelNotFoundError(f"{repo_id!r}: not a repo ID of the form namespace/name")
+    check_repo_id(repo_id)
     if not root.is_dir():
         raise ModelNotFoundError(f"{root}: no such folder to push")
     files = []

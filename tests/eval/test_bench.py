@@ -271,6 +271,10 @@ def test_demo_runs_end_to_end_and_guards_its_folder(digits_tiny, tmp_path, capsy
         assert f"\n{name} " in printed
     assert "held-out" in printed and str(out / "results.md") in printed
     assert (out / "results.json").is_file()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "models" / "ties" / "README.md")
+    assert "ties" in card.data.tags and "tuned on held-in validation" in card.text
     leftovers = [p for p in Path(tmp_path).rglob("*") if ".tmp" in p.name]
     assert not leftovers
     # another run's folder is refused; an unknown method is refused before any work

@@ -108,6 +108,19 @@ def test_same_tensors_as_the_streaming_engine(zoo, tmp_path, case):
     _assert_same(tv.merge(method, params, model_params, seed=seed), want)
 
 
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs", "dare_linear", "consensus",
+                                    "task_arithmetic"])
+def test_the_whole_tensor_path_gives_the_same_tensors(zoo, tmp_path, monkeypatch, method):
+    """The path CUDA takes (whole tensors through the method's torch function, cuts from the
+    cached per-tensor pass), run here on CPU."""
+    _, params, model_params, seed = CASES[method]
+    want = _engine(zoo, tmp_path, method, [0, 1, 2], params, model_params, seed)
+    monkeypatch.setattr(TaskVectors, "_sliced", lambda self, spec, use_base: False)
+    tv = TaskVectors(zoo["base"], zoo["experts"])
+    for _ in range(2):  # the second time from the caches
+        _assert_same(tv.merge(method, params, model_params, seed=seed), want)
+
+
 def test_lines_and_out_dtype_as_the_engine(zoo, tmp_path):
     lines = LiNeS(alpha=0.3, beta=0.9)
     want = _engine(zoo, tmp_path, "ties", [0, 1, 2], {"density": 0.4, "lambda": 0.9}, None, 0,
@@ -147,6 +160,20 @@ def test_a_lambda_sweep_reuses_one_merge_and_is_never_stale(zoo):
                                          {"density": 0.3, "lambda": 1.0})[key])
 
 
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
+def test_a_density_sweep_gives_fresh_merges_from_sorted_magnitudes(zoo, method):
+    tv = TaskVectors(zoo["base"], zoo["experts"])
+    for density in [0.3, 0.5, 0.3, 0.05, 0.95]:
+        params = {"density": density, "lambda": 0.9}
+        if method == "breadcrumbs_ties":
+            params["gamma"] = 0.02
+        _assert_same(tv.merge(method, params),
+                     merge_state_dicts(method, zoo["base"], zoo["experts"], params))
+    # From the second density on, the cuts came from the sorted magnitudes.
+    big = "model.layers.1.mlp.big.weight"  # two slices, tied magnitudes at the cuts
+    assert {(0, big), (2, big)} <= set(tv._shared.sorted_bits)
+
+
 def test_the_cache_is_bounded_by_bytes(zoo):
     tv = TaskVectors(zoo["base"], zoo["experts"], cache_bytes=2_000_000)  # one merge fits
     for density in [0.2, 0.4, 0.6]:
@@ -154,6 +181,7 @@ def test_the_cache_is_bounded_by_bytes(zoo):
         tv.merge("ties", {"density": density})
     assert tv._shared.merged_bytes <= 2_000_000
     assert len(tv._shared.merged) == 1
+    assert tv._shared.sorted_bytes <= 2_000_000
 
 
 def test_select_merges_only_the_chosen_experts(zoo, tmp_path):
@@ -250,3 +278,26 @@ def test_bad_inputs_raise_named_errors(zoo):
         tv.merge("average", lines=LiNeS(0.5, 0.5))
     with pytest.raises(RecipeError, match="device"):
         TaskVectors(base, experts, device="tpu")
+
+
+def test_one_thread_and_several_give_the_same_tensors(zoo):
+    from mergezoo.merge.threads import torch_threads
+
+    tensors = {}
+    for threads in (1, 2):
+        with torch_threads(threads):
+            tv = TaskVectors(zoo["base"], zoo["experts"])
+            tensors[threads] = tv.merge("dare_ties", {"density": 0.4}, seed=5)
+    _assert_same(tensors[1], tensors[2])
+
+
+def test_from_folders_merges_a_diffusers_component(zoo, tmp_path):
+    name = "diffusion_pytorch_model.safetensors"
+    base_dir = save_model(tmp_path / "base" / "unet", zoo["base"], filename=name).parent
+    expert_dirs = [save_model(tmp_path / f"e{i}" / "unet", e, filename=name).parent
+                   for i, e in enumerate(zoo["experts"][:2])]
+    tv = TaskVectors.from_folders(base_dir, expert_dirs, component="unet")
+    want = TaskVectors(zoo["base"], zoo["experts"][:2]).merge("ties", {"density": 0.3})
+    _assert_same(tv.merge("ties", {"density": 0.3}), want)
+    with pytest.raises(RecipeError, match="no component folder 'vae'"):
+        TaskVectors.from_folders(base_dir, expert_dirs, component="vae")

