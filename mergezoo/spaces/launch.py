@@ -40,18 +40,23 @@ def make_demo(playgrounds: list[Playground], *, title: str | None = None,
     return demo
 
 
+def launch_options() -> dict[str, Any]:
+    """`launch()` settings of every run of the app, local or on a Space: uploads at most 2 MB;
+    Gradio's run history off (it would keep every call's inputs, the Publish tab's token
+    among them, in the browser); no tracebacks on the page."""
+    return {"max_file_size": "2mb", "run_history": False, "show_error": False}
+
+
 def serve(demo: Any, *, port: int | None = None, host: str = "127.0.0.1",
           block: bool = True) -> Any:
     """Launch the app on host:port (files it may serve: the loaded bench's plots)."""
     return demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block,
                        allowed_paths=getattr(demo, "mergezoo_allowed_paths", None),
-                       max_file_size="2mb", quiet=not block, show_error=False)
+                       quiet=not block, **launch_options())
 
 
 def _publisher() -> Any:
-    """The Publish tab, when the model-card code is installed (see `spaces.publish`)."""
-    try:
-        from mergezoo.spaces.publish import Publisher
-    except ImportError:
-        return None
+    """The Publish tab's logic (model cards and pushes)."""
+    from mergezoo.spaces.publish import Publisher
+
     return Publisher()

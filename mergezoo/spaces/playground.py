@@ -321,15 +321,17 @@ class Playground:
         return {"per_cell": per_cell, **self.bench.summarize(per_cell),
                 "held_in_cells": [c.name for c in self.bench.held_in_cells]}
 
-    def save_merge(self, spec: MergeSpec, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the merge as a model folder with the engine (the same weights as in memory,
-        plus the recipe and provenance the card is made from)."""
+    def save_merge(self, spec: MergeSpec, out_dir: str | Path, *, overwrite: bool = False,
+                   finalize: Callable[[Path], None] | None = None) -> Path:
+        """Write the merge as a model folder with the engine (the same method, hyperparameters
+        and seed as in memory, plus the recipe and provenance a card is made from);
+        `finalize(folder)` runs before the folder is moved into place (e.g. `write_card`)."""
         from mergezoo.merge import merge_models
 
         experts = [str(self.expert(label).path) for label in spec.experts]
         merge_models(spec.method, experts, base=str(self.base), out_dir=str(out_dir),
                      params=spec.param_dict, seed=spec.seed, overwrite=overwrite,
-                     progress=False)
+                     progress=False, finalize=finalize, relative_to=self.base.parent)
         return Path(out_dir)
 
     def results(self) -> dict[str, Any] | None:
