@@ -247,7 +247,9 @@ class Playground:
             state = tv.select([index[label] for label in spec.experts]).merge(
                 spec.method, spec.param_dict, seed=spec.seed)
             merged_at = time.perf_counter()
-            model = self._merged.pop(spec, None) or self._spare_model()
+            model = self._merged.pop(spec, None)
+            if model is None:
+                model = self._spare_model()
             self.handler.with_weights(model, state)
             self._merged[spec] = model
             loaded_at = time.perf_counter()
