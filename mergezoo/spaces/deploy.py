@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mergezoo import __version__
-from mergezoo.errors import SpaceInputError
+from mergezoo.errors import OutputExistsError, SpaceInputError
 from mergezoo.spaces.sources import BUILTIN
 
 #: CPU wheels of torch: an unpinned torch from PyPI brings several GB of CUDA packages
@@ -109,7 +109,9 @@ def space_files(config: SpaceConfig, package: str | None = None) -> dict[str, st
 def write_space(folder: str | Path, config: SpaceConfig, package: str | None = None) -> Path:
     """Write the Space's files into a new folder (what is pushed)."""
     root = Path(folder)
-    root.mkdir(parents=True, exist_ok=False)
+    if root.exists():
+        raise OutputExistsError(f"{root} exists; write the Space's files into a new folder")
+    root.mkdir(parents=True)
     for name, text in space_files(config, package).items():
         (root / name).write_text(text, encoding="utf-8")
     return root

@@ -117,6 +117,7 @@ class Playground:
     _merged: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _spare: Any = field(default=None, repr=False)  # a loaded base for the next merge
+    _examples: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.experts:
@@ -167,13 +168,16 @@ class Playground:
         """(cell, input) pairs from the benchmark's data: images or texts, `per_cell` per cell."""
         if self.kind == IMAGE_GENERATION:
             return []
-        column = "text" if self.kind == TEXT_CLASSIFICATION else "image"
-        out = []
-        for cell in self.bench.cells:
-            ds = self._dataset(cell.name, split)
-            for row in ds.select(range(min(per_cell, len(ds)))):
-                out.append((cell.name, row[column]))
-        return out
+        key = (per_cell, split)
+        if key not in self._examples:
+            column = "text" if self.kind == TEXT_CLASSIFICATION else "image"
+            out = []
+            for cell in self.bench.cells:
+                ds = self._dataset(cell.name, split)
+                for row in ds.select(range(min(per_cell, len(ds)))):
+                    out.append((cell.name, row[column]))
+            self._examples[key] = out
+        return list(self._examples[key])
 
     def _dataset(self, cell: str, split: str) -> Any:
         if self.zoo is not None:

@@ -143,3 +143,18 @@ def test_results_tab_reads_a_bench_run(tmp_path, tiny_playgrounds):
     assert json.loads(table["data"][1][-1]) == {"density": 0.2, "lambda": 1.0}
     assert plots == [str(run / "plots" / "held_in_vs_held_out.png")]
     assert "digits-domains" in note
+
+
+def test_score_the_current_merge_on_the_test_split(client, tiny_playgrounds):
+    """/score: with lambda 0 the merge is the base, so its per-cell scores are the base's as
+    `Benchmark.evaluate` gives them from the base folder."""
+    pg = tiny_playgrounds[0]
+    _merge(client, pg.name, pg.expert_labels, "task_arithmetic", {"lambda": 0.0})
+    summary, table = client.predict(pg.name, api_name="/score")
+    scores = {cell: score for cell, _, score in table["data"]}
+    base = pg.bench.evaluate(pg.base, split="test")
+    assert scores == {cell: round(v, 4) for cell, v in base.items()}
+    held = pg.bench.summarize(base)
+    assert f"held-in {held['held_in']:.3f}, held-out {held['held_out']:.3f}" in summary
+    splits = {cell: split for cell, split, _ in table["data"]}
+    assert {c for c, s in splits.items() if s == "held-in"} == {c.name for c in pg.bench.held_in_cells}
