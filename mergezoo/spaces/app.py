@@ -64,20 +64,22 @@ def ui_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-class CheckedImage(gr.Image):
-    """An image input that checks the upload itself (type, size, decodable) before Gradio
-    converts it, so a bad file gets our message instead of a conversion error."""
+def checked_uploads(image: gr.Image) -> gr.Image:
+    """Make an image input check the upload itself (type, size, decodable) before Gradio
+    converts it, so a bad file gets our message instead of a conversion error. (A subclass of
+    gr.Image would do the same, but Gradio writes a .pyi stub beside every component class.)"""
+    convert = image.preprocess
 
-    def get_block_name(self) -> str:
-        return "image"  # the page draws it with Gradio's own image component
-
-    def preprocess(self, payload: Any) -> Any:
+    def preprocess(payload: Any) -> Any:
         if payload is not None and getattr(payload, "path", None):
             try:
                 check_image(payload.path, name=getattr(payload, "orig_name", None))
             except SpaceInputError as err:
                 raise gr.Error(str(err), print_exception=False) from None
-        return super().preprocess(payload)
+        return convert(payload)
+
+    image.preprocess = preprocess
+    return image
 
 
 def _progress(progress: Any) -> Callable[[float, str], None]:
@@ -257,10 +259,10 @@ def build_app(playgrounds: list[Playground], *, title: str = "mergezoo: try merg
         with gr.Tab("Classifier", visible=bool(kinds - {IMAGE_GENERATION})):
             with gr.Row():
                 with gr.Column():
-                    image = CheckedImage(type="filepath", format="png", label="image", height=192,
-                                         elem_id="input-image",
-                                     image_mode="L", sources=["upload", "clipboard"],
-                                     visible=view["kind"] != TEXT_CLASSIFICATION)
+                    image = checked_uploads(gr.Image(
+                        type="filepath", format="png", label="image", height=192,
+                        elem_id="input-image", image_mode="L", sources=["upload", "clipboard"],
+                        visible=view["kind"] != TEXT_CLASSIFICATION))
                     text = gr.Textbox(label="text", max_length=500, lines=2,
                                       visible=view["kind"] == TEXT_CLASSIFICATION)
                     task = gr.Dropdown(all_tasks, value=(view["tasks"] or all_tasks or [None])[0],
