@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from mergezoo import __version__
@@ -47,22 +48,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP), raised where the program is, so that it cleans up as for Ctrl-C."""
+
+
+def _terminate(signum: int, frame) -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # one clean-up at a time: ignore repeats
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports torch and the rest: seconds, Ctrl-C may come
+    except KeyboardInterrupt:
+        print("mergezoo: interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    handlers = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            handlers[sig] = signal.signal(sig, _terminate)
+        except ValueError:  # not the main thread (an embedding program): leave them
+            pass
     try:
         return int(args.func(args) or 0)
     except MergezooError as err:
         print(f"mergezoo {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"mergezoo {args.command}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        what = getattr(err, "left", None) or "nothing was written"  # set by who knows better
+        how = f"terminated ({err.args[0]})" if isinstance(err, Terminated) else "interrupted"
+        print(f"mergezoo {args.command}: {how}; {what}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        for sig, handler in handlers.items():
+            # Run as a program (no argv given), the work is over: a signal during the
+            # interpreter's own exit (a second or two of freeing torch) would only print a
+            # traceback from an exit handler.
+            signal.signal(sig, signal.SIG_IGN if argv is None else handler)
+        if argv is None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

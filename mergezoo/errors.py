@@ -92,6 +92,27 @@ class ReproduceError(MergezooError):
     from the hash its card records."""
 
 
+class UnsafePathError(MergezooError):
+    """A path named by a model's own files (an index, model_index.json, adapter_config.json, a
+    symbolic link, a Hub file name) would leave the model's folder."""
+
+
+class BadCheckpointError(IncompatibleModelsError):
+    """A weights file is malformed or unreadable (its header, its length, its dtypes)."""
+
+
+class OutputBusyError(MergezooError):
+    """Another merge is writing the same output path."""
+
+
+class OutputWriteError(MergezooError):
+    """The output could not be written (no space left on the device, a quota); nothing was."""
+
+
+class InvalidRevisionError(MergezooError, ValueError):
+    """A revision is not a branch, tag or commit SHA (e.g. it holds `..` or is a path)."""
+
+
 class SpaceInputError(MergezooError, ValueError):
     """An input of the Gradio Space is invalid: file type or size, text length, number of
     images, a value out of range, an unknown expert or method."""

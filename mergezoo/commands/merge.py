@@ -31,7 +31,8 @@ environment:
                       large enough to win back loading them (~0.1 s); fused: always; eager:
                       never. Outputs are byte-identical either way. --kernels sets it too.
   MERGEZOO_KERNEL_CACHE
-                      where compiled kernels are kept (default ~/.cache/mergezoo/kernels)"""
+                      where compiled kernels are kept (default ~/.cache/mergezoo/kernels); it must
+                      be owned by you and writable by no one else (else an error)"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,12 +78,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_sets(items: list[str]) -> dict:
+    from mergezoo.merge.recipe import check_yaml_size
+
     params = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise RecipeError(f"--set expects NAME=VALUE, got {item!r}")
-        params[name.strip()] = yaml.safe_load(value)
+        check_yaml_size(value, f"--set {name.strip()}")
+        try:
+            params[name.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise RecipeError(f"--set {name.strip()}: not a YAML value ({err})") from None
     return params
 
 

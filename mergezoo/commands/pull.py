@@ -28,13 +28,21 @@ def run(args: argparse.Namespace) -> int:
     from mergezoo.zoo.pull import pull_model
     from mergezoo.zoo.validate import validate_experts
 
+    pins: dict[str, str] = {}
     if args.check or args.base:
-        validate_experts(args.repos, base=args.base, component=args.component,
-                         allow_pickle=args.allow_pickle)
+        pins = validate_experts(args.repos, base=args.base, component=args.component,
+                                allow_pickle=args.allow_pickle)
     refs = list(args.repos) + ([args.base] if args.base else [])
-    pulled = [pull_model(ref, allow_pickle=args.allow_pickle,
-                         components=[args.component] if args.component else None)
-              for ref in refs]
+    pulled = []
+    try:
+        for ref in refs:
+            pulled.append(pull_model(ref, allow_pickle=args.allow_pickle, pin=pins.get(ref),
+                                     components=[args.component] if args.component else None))
+    except KeyboardInterrupt as err:  # the CLI prints `left`: what the interrupted pull left
+        done = [f"{p.repo_id}@{p.revision}" for p in pulled]
+        if done:
+            err.left = f"pulled before it: {', '.join(done)}; " + getattr(err, "left", "")
+        raise
     if args.json:
         print(json.dumps([p.to_dict() for p in pulled], indent=2))
     else:

@@ -54,6 +54,10 @@ class Benchmark(ABC):
     #: provenance and license of the per-cell data, for the zoo's dataset card
     data_description: str = ""
     data_license: str | None = None
+    #: a held-in (held-out) cell whose own-expert (oracle) score beats the base's by less than
+    #: this (mean over seeds, test) is left out of normalised scores: (merge - base) / (expert -
+    #: base) over a near-zero gap is noise, not a fraction of skill recovered
+    min_normalising_gap: float = 0.05
     #: caches left out when the benchmark is pickled for a worker process (it rebuilds them)
     _transient: tuple[str, ...] = ("_data",)
 
@@ -198,10 +202,23 @@ class Benchmark(ABC):
             raise BenchmarkError(f"{model_dir}: no such model folder")
         from mergezoo.eval.training import quiet_loading, torch_threads
 
-        wanted = [self.cell(c) for c in cells] if cells is not None else self.cells
         with torch_threads(self.eval_threads), quiet_loading():
             model = self.load_model(path)
-            return {c.name: float(self.score(model, self.dataset(c, split), c)) for c in wanted}
+            return self.score_cells(model, split, cells)
+
+    def score_cells(self, model: Any, split: str = "test",
+                    cells: Iterable[str] | None = None) -> dict[str, float]:
+        """A loaded model (from `load_model`, `with_weights` or `ensemble`) scored on every
+        cell's `split` (or only on `cells`): {cell name: score} in the benchmark's cell order.
+        `score` cell by cell here; a benchmark that can score many cells in one pass (one
+        sampling loop for all of a generator's cells) overrides it.
+
+        Example:
+            >>> bench.score_cells(bench.with_weights(model, merged), "validation",
+            ...                   cells=[c.name for c in bench.held_in_cells])  # doctest: +SKIP
+        """
+        wanted = [self.cell(c) for c in cells] if cells is not None else self.cells
+        return {c.name: float(self.score(model, self.dataset(c, split), c)) for c in wanted}
 
     # -- models in memory: the bench's tuning sweeps and the Space merge state dicts ---------
     def module(self, model: Any) -> Any:

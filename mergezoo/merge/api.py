@@ -59,12 +59,13 @@ def check_architectures(models: list[tuple[str, Path]]) -> None:
 
 
 def _validate_before_download(refs: list[str], base: str | None, component: str | None,
-                              allow_pickle: bool) -> None:
+                              allow_pickle: bool) -> dict[str, str]:
     """Check every input's config and safetensors headers (Hub repos included) before any
-    weight is downloaded, so an impossible merge fails at once."""
+    weight is downloaded, so an impossible merge fails at once; returns the commit SHA each
+    Hub model was validated at, which its download is pinned to."""
     from mergezoo.zoo.validate import validate_experts
 
-    validate_experts(refs, base=base, component=component, allow_pickle=allow_pickle)
+    return validate_experts(refs, base=base, component=component, allow_pickle=allow_pickle)
 
 
 def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
@@ -76,7 +77,8 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
                  max_shard_size: str | int = "2GB",
                  recipe: MergeRecipe | None = None,
                  finalize: Callable[[Path], None] | None = None,
-                 relative_to: str | Path | None = None) -> MergeResult:
+                 relative_to: str | Path | None = None,
+                 output_delta: bool = False) -> MergeResult:
     """Merge models given by reference into `out_dir` (config and tokenizer from the base,
     or the first model, so `from_pretrained(out_dir)` loads the result).
 
@@ -97,10 +99,11 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
     # Check the method and its hyperparameters before touching any model (or the network).
     check_counts(spec, len(refs), base is not None)
     spec.resolve(params or {}, model_params or [], len(refs))
-    _validate_before_download(refs, str(base) if base is not None else None, component,
-                              allow_pickle)
-    resolved_base = resolve_model(base, allow_pickle=allow_pickle) if base is not None else None
-    resolved = [resolve_model(r, allow_pickle=allow_pickle) for r in refs]
+    pins = _validate_before_download(refs, str(base) if base is not None else None, component,
+                                     allow_pickle)
+    resolved_base = (resolve_model(base, allow_pickle=allow_pickle, pin=pins.get(str(base)))
+                     if base is not None else None)
+    resolved = [resolve_model(r, allow_pickle=allow_pickle, pin=pins.get(r)) for r in refs]
 
     def weights_dir(r: ResolvedModel) -> Path:
         # A diffusers LoRA repo keeps every component's factors in one root file.
@@ -167,7 +170,8 @@ def merge_models(method: str, models: list[str | Path], *, out_dir: str | Path,
                            out_dtype=out_dtype, seed=seed, overwrite=overwrite,
                            progress=progress, max_shard_size=max_shard_size,
                            weights_subdir=component, prepare_output=prepare,
-                           finalize_output=finalize_output)
+                           finalize_output=finalize_output,
+                           output_delta=output_delta)
     result.base_path = resolved_base.path if resolved_base else None
     return result
 
@@ -225,6 +229,15 @@ def run_recipe(recipe: MergeRecipe, *, out_dir: str | Path, device: str = "auto"
     if recipe.output == "lora":
         return _merge_to_lora(recipe, out_dir=out_dir, device=device, overwrite=overwrite,
                               progress=progress, allow_pickle=allow_pickle, finalize=finalize)
+    return _run_full(recipe, out_dir=out_dir, device=device, overwrite=overwrite,
+                     progress=progress, allow_pickle=allow_pickle, max_shard_size=max_shard_size,
+                     finalize=finalize, relative_to=relative_to)
+
+
+def _run_full(recipe: MergeRecipe, *, out_dir: str | Path, device: str, overwrite: bool,
+              progress: bool, allow_pickle: bool, max_shard_size: str | int = "2GB",
+              output_delta: bool = False, finalize: Callable[[Path], None] | None = None,
+              relative_to: str | Path | None = None) -> MergeResult:
     lines = LiNeS(recipe.lines.alpha, recipe.lines.beta) if recipe.lines else None
     return merge_models(
         recipe.merge_method, [m.model for m in recipe.models], out_dir=out_dir,
@@ -233,27 +246,34 @@ def run_recipe(recipe: MergeRecipe, *, out_dir: str | Path, device: str = "auto"
         dtype=parse_dtype(recipe.dtype, "dtype"), out_dtype=parse_dtype(recipe.out_dtype, "out_dtype"),
         lines=lines, component=recipe.component, seed=recipe.seed, overwrite=overwrite,
         progress=progress, allow_pickle=allow_pickle, max_shard_size=max_shard_size, recipe=recipe,
-        finalize=finalize, relative_to=relative_to)
+        finalize=finalize, relative_to=relative_to, output_delta=output_delta)
 
 
 def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, overwrite: bool,
                    progress: bool, allow_pickle: bool,
                    finalize: Callable[[Path], None] | None = None) -> MergeResult:
-    """Merge to a full model in a temporary folder, then re-factorise merged - base into a
-    LoRA of `recipe.rank` by truncated SVD (errors per layer in lora_errors.json)."""
+    """Merge in a temporary folder, then re-factorise the merged task vector into a LoRA of
+    `recipe.rank` by truncated SVD (errors per layer in lora_errors.json).
+
+    A task-vector method writes its merged task vector itself, in float32, from exact task
+    vectors (a LoRA expert's B @ A * scaling): a rank-r merge re-factorises at rank r to
+    float32 precision. Other methods write the merged model in float32, and merged - base is
+    factorised. The factors are float32 unless the recipe's out_dtype says otherwise."""
     import shutil
-    import tempfile
 
-    from mergezoo.merge.lora import extract_lora
+    from mergezoo.merge.atomic import owned_temp_dir
+    from mergezoo.merge.lora import ZeroSource, extract_lora
 
-    full = recipe.model_copy(update={"output": "full", "rank": None})
+    as_delta = get_method(recipe.merge_method).returns == "delta" and recipe.base_model is not None
+    full = recipe.model_copy(update={"output": "full", "rank": None, "out_dtype": "float32"})
     out = Path(out_dir).expanduser().absolute()
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.full-", dir=out.parent))
+        scratch = owned_temp_dir(out.parent, out.name, "full")  # removed after a SIGKILL too
         try:
             # Local inputs are recorded relative to the LoRA's folder, not the scratch merge's.
-            result = run_recipe(full, out_dir=scratch / "merged", device=device,
-                                progress=progress, allow_pickle=allow_pickle, relative_to=out)
+            result = _run_full(full, out_dir=scratch / "merged", device=device,
+                               overwrite=False, progress=progress, allow_pickle=allow_pickle,
+                               output_delta=as_delta, relative_to=out)
             merged = scratch / "merged"
             provenance = json.loads((merged / PROVENANCE_FILE).read_text())
             written = MergeRecipe.from_yaml((merged / RECIPE_FILE).read_text())
@@ -265,8 +285,11 @@ def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, ove
             # is private, and a relative one would change with where the output lies, so a
             # re-run elsewhere (`mergezoo reproduce`) would not give the same file.
             hub_base = provenance["base_model"].get("repo_id")
-            report = extract_lora(merged, base, tmp / "adapter", recipe.rank,
-                                  base_model_name=written.base_model if hub_base else None)
+            reference = ZeroSource(open_source(base, "base model")) if as_delta else base
+            report = extract_lora(merged, reference, tmp / "adapter", recipe.rank,
+                                  base_model_name=written.base_model if hub_base else None,
+                                  out_dtype=parse_dtype(recipe.out_dtype, "out_dtype")
+                                  or torch.float32)
             for f in (tmp / "adapter").iterdir():
                 f.rename(tmp / f.name)
             (tmp / "adapter").rmdir()
@@ -274,7 +297,8 @@ def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, device: str, ove
             # merge ran, and the adapter's own temporary folder is meaningless.
             report.out_dir = Path(".")
             (tmp / "lora_errors.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-            written = written.model_copy(update={"output": "lora", "rank": recipe.rank})
+            written = written.model_copy(update={"output": "lora", "rank": recipe.rank,
+                                                 "out_dtype": recipe.out_dtype})
             (tmp / RECIPE_FILE).write_text(written.to_yaml())
             weights = weight_hashes(tmp)
             provenance.update({"output": "lora", "rank": recipe.rank, "out_dir": out.name,

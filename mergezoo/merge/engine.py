@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
+from mergezoo.errors import (BadCheckpointError, BadTensorError, IncompatibleModelsError,
+                             RecipeError, UnsafePathError)
 from mergezoo.merge import kernels
 from mergezoo.merge.buffers import BufferRing
 from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
@@ -39,6 +40,7 @@ from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
 from mergezoo.merge.threads import torch_threads
 from mergezoo.merge.sources import TensorSource
 from mergezoo.merge.writer import ShardedSafetensorsWriter, atomic_output_dir
+from mergezoo.zoo.paths import leaves
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,23 @@ def _touch_pages(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _checked(src: TensorSource, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """`src.get(key)`, refused unless it has the shape and dtype the source declared (those
+    the merge was planned with): the kernels and the slicing read exactly that many entries,
+    and a source whose data is shorter than its shape would have them read past its end."""
+    tensor = src.get(key)
+    if tuple(tensor.shape) != tuple(shape) or tensor.dtype != src.dtype(key):
+        raise BadCheckpointError(f"{src.label}: tensor '{key}' holds {tuple(tensor.shape)} "
+                                 f"{tensor.dtype}, but its header declares {tuple(shape)} "
+                                 f"{src.dtype(key)}")
+    return tensor
+
+
+def _exact_deltas(source: TensorSource) -> bool:
+    """Whether `source` gives its exact task vector per tensor (`LoraSource.delta`)."""
+    return callable(getattr(source, "delta", None))
+
+
 def _first_bad_input(key: str, sources: list[TensorSource]) -> str | None:
     """The input whose tensor `key` holds NaN or Inf, read afresh (the engine's copies have
     been worked on in place by then)."""
@@ -154,8 +173,13 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                   max_shard_size: str | int = "2GB", weights_subdir: str | None = None,
                   prepare_output: Callable[[Path], None] | None = None,
                   finalize_output: Callable[[Path, "MergeResult"], None] | None = None,
-                  weights_stem: str | None = None) -> MergeResult:
+                  weights_stem: str | None = None, output_delta: bool = False) -> MergeResult:
     """Merge `models` (and `base`) tensor by tensor into `out_dir`, atomically.
+
+    Inputs that know their exact task vector (a LoRA expert's B @ A * scaling in float32,
+    `LoraSource.delta`) give it to the method instead of their weights minus the base; such
+    merges run tensor by tensor. With `output_delta`, a task-vector method writes its merged
+    task vector (LiNeS-scaled) instead of the base plus it (`output: lora` factorises that).
 
     `prepare_output(tmp_dir)` is called before the weights are written, to add config and
     tokenizer files, and `finalize_output(tmp_dir, result)` after them, before the folder is
@@ -166,6 +190,8 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     kwargs = spec.resolve(params or {}, model_params or [], len(models))
     if lines is not None and spec.returns != "delta":
         raise RecipeError(f"LiNeS scales task vectors; method '{spec.name}' does not produce one")
+    if output_delta and (spec.returns != "delta" or base is None):
+        raise RecipeError(f"method '{spec.name}' does not produce a task vector to write")
     reference = base if base is not None else models[0]
     check_compatible(reference, [m for m in models if m is not reference])
     dev = pick_device(device)
@@ -182,10 +208,12 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
 
     # Element-wise methods merge on CPU slice by slice from the inputs' own dtype; the others
     # get whole tensors converted to the compute dtype as they are read.
-    sliced = spec.elementwise and dev.type == "cpu"
+    # Exact task vectors (LoRA experts) and a written task vector need whole tensors.
+    exact = use_base and any(_exact_deltas(m) for m in models)
+    sliced = spec.slices(kwargs) and dev.type == "cpu" and not exact and not output_delta
     merger = _TensorMerger(spec=spec, kwargs=kwargs, positions=positions, lines=lines, dev=dev,
                            dtype=dtype, use_base=use_base, seed=seed, sources=inputs,
-                           sliced=sliced)
+                           sliced=sliced, exact=exact, add_base=not output_delta)
     float_keys = [k for k in keys if reference.dtype(k).is_floating_point]
     entries = sum(math.prod(plan[k][0]) for k in float_keys) * len(models)
     if sliced and spec.fused is not None and kernels.worth_it(spec.fused_saves, entries):
@@ -199,12 +227,12 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
         reused buffers, on CPU; into pinned memory, for CUDA) moves that reading off the
         compute thread, and gives the engine tensors it owns and may change in place."""
         if not reference.dtype(key).is_floating_point:
-            return [reference.get(key)]
+            return [_checked(reference, key, plan[key][0])]
         if dev.type != "cpu":
-            return [src.get(key).pin_memory() for src in inputs]
+            return [_checked(src, key, plan[key][0]).pin_memory() for src in inputs]
         if not whole:  # slices are converted from the mapping itself: fault its pages in here
-            return [_touch_pages(src.get(key)) for src in inputs]
-        return [in_ring.take(turn, slot, plan[key][0], dtype).copy_(src.get(key))
+            return [_touch_pages(_checked(src, key, plan[key][0])) for src in inputs]
+        return [in_ring.take(turn, slot, plan[key][0], dtype).copy_(_checked(src, key, plan[key][0]))
                 for slot, src in enumerate(inputs)]
 
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergezoo-read")
@@ -313,6 +341,8 @@ class _TensorMerger:
     pool: ThreadPoolExecutor | None = None  # compute threads for slice-by-slice merging
     workers: int = 1
     fused: bool = False  # merge with the fused kernels (see kernels.worth_it)
+    exact: bool = False  # task vectors from the sources that know them exactly (LoRA)
+    add_base: bool = True  # False: write a task-vector method's merged task vector itself
 
     def seeds(self, key: str, n_models: int) -> list[int] | None:
         """For random methods, a 32-bit key per model from the merge seed, the tensor's name
@@ -326,9 +356,18 @@ class _TensorMerger:
         on_device = [t.to(self.dev, dtype=self.dtype, non_blocking=True) for t in tensors]
         base = on_device[0] if self.use_base else None
         models = on_device[1:] if self.use_base else on_device
-        return MergeInputs(key=key, base=base, models=models,
-                           seeds=self.seeds(key, len(models)),
-                           state=self.state, owned=True)
+        x = MergeInputs(key=key, base=base, models=models, seeds=self.seeds(key, len(models)),
+                        state=self.state, owned=True)
+        if self.exact and base is not None:
+            # B @ A * scaling in float32 from the factors, not (W + dW) - W after rounding.
+            deltas = []
+            for src, model in zip(self.sources[1:], models):
+                exact = src.delta(key) if _exact_deltas(src) and \
+                    key not in getattr(src, "replacements", {}) else None
+                deltas.append(model - base if exact is None
+                              else exact.to(self.dev, dtype=self.dtype).reshape(base.shape))
+            x._deltas = deltas
+        return x
 
     def view(self, key: str, tensors: list[torch.Tensor]) -> SlicedTensor:
         """One tensor of every input, to merge slice by slice (see `SlicedTensor`)."""
@@ -340,7 +379,7 @@ class _TensorMerger:
         if not tensors[0].is_floating_point():  # integer buffers are copied from the reference
             return out.copy_(tensors[0])
         hp = _specialize(self.spec, self.kwargs, key, self.positions[key])
-        scale = self.lines.scale(self.positions[key]) if self.lines else 1.0
+        scale = self.lines.scale(key, self.positions[key]) if self.lines else 1.0
         try:
             if self.sliced:
                 if self.scratch is None:  # a buffer set per compute thread
@@ -370,7 +409,9 @@ class _TensorMerger:
         x = self.inputs(key, tensors)
         merged = self.spec.fn(x, **hp)
         if self.spec.returns == "delta":
-            merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(x.base)
+            merged = merged.mul_(scale) if scale != 1.0 else merged
+            if self.add_base:
+                merged = merged.add_(x.base)
         # One reduction finds any NaN or Inf (they poison the sum); only a non-finite sum,
         # which can also come from overflow of finite values, pays for an exact check.
         finite = bool(torch.isfinite(merged.sum()))
@@ -392,6 +433,10 @@ def copy_model_files(src: Path, dst: Path, *, skip_weights_in: set[str] | None =
             path.name.endswith(".safetensors.index.json") or path.name.endswith(".bin.index.json")
         if (is_weight and parent in skip) or rel.as_posix() == "README.md":
             continue
+        outside = leaves(src, path)
+        if outside is not None:  # e.g. tokenizer.json -> ~/.cache/huggingface/token
+            raise UnsafePathError(f"{src}: {rel.as_posix()} is a link to a file outside the "
+                                  f"model folder ({outside}); it is not copied into a merge")
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)

@@ -22,18 +22,26 @@ import numpy as np
 import torch
 
 from mergezoo.merge import kernels
-from mergezoo.merge.ops import (BUCKETS, bracket, bucket_of_kth, float_of_bits, kept_count,
+from mergezoo.merge.ops import (BUCKETS, bracket, bucket_of_kth, float_of_bits,
                                 magnitude_bits, resolve_band)
 from mergezoo.merge.registry import MergeInputs
 
 SAMPLE = 1 << 20  # entries per expert in the whole-model sample that brackets a threshold
 
 
+def paper_rank(entries: int, density: float) -> int:
+    """Which largest magnitude the paper's code cuts at: it keeps every entry at least as
+    large as the (n - int(density n))-th smallest, i.e. the (int(density n) + 1)-th largest
+    (`topk_values_mask`), so int(density n) + 1 entries and the ties of the last (at most n)."""
+    return min(entries, int(density * entries) + 1)
+
+
 def magnitude_thresholds(stream: Callable[[], Iterable[MergeInputs]],
                          density: list[float]) -> list[float]:
     """Per expert, the magnitude of its k-th largest task-vector entry over the whole model,
-    k = int(density * number of entries). `stream()` yields every mergeable tensor once (a
-    `registry.ModelStream`: with `views`, the fused kernels' bracketed pass is tried first)."""
+    k = int(density * number of entries) + 1, as the paper's code (see `paper_rank`).
+    `stream()` yields every mergeable tensor once (a `registry.ModelStream`: with `views`,
+    the fused kernels' bracketed pass is tried first)."""
     if getattr(stream, "views", None) is not None:
         found = _bracketed(stream.views, stream.entries, density)
         if found is not None:
@@ -46,7 +54,7 @@ def magnitude_thresholds(stream: Callable[[], Iterable[MergeInputs]],
         total += x.deltas[0].numel()
         for i, d in enumerate(x.deltas):
             high[i] += torch.bincount(magnitude_bits(d) >> 16, minlength=BUCKETS).cpu()
-    picks = [bucket_of_kth(h, kept_count(total, rho)) for h, rho in zip(high, density)]
+    picks = [bucket_of_kth(h, paper_rank(total, rho)) for h, rho in zip(high, density)]
     low = [torch.zeros(BUCKETS, dtype=torch.int64) for _ in range(n)]
     for x in stream():
         for i, d in enumerate(x.deltas):
@@ -67,7 +75,7 @@ def _bracketed(views: Callable[[], Iterable], entries: int,
     """`magnitude_thresholds` from a strided sample's bracket and one fused pass that counts
     above it and gathers within it; None where the kernels do not read the inputs or a
     bracket misses (the caller then runs the radix passes)."""
-    ks = [kept_count(entries, rho) for rho in density]
+    ks = [paper_rank(entries, rho) for rho in density]
     if not all(0 < k < entries for k in ks):
         return None
     stride = max(1, entries // SAMPLE)

@@ -43,9 +43,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mergezoo.errors import ConfigurationError
+from mergezoo.errors import ConfigurationError, MergezooError
 from mergezoo.merge import jit
-from mergezoo.merge.ops import CHUNK, check_sign_rule, divisor_floor, drop_threshold, linear_divisor
+from mergezoo.merge.ops import (CHUNK, check_sign_rule, divisor_floor, drop_threshold,
+                                keep_probability, linear_divisor)
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,8 @@ def _load(key: tuple) -> bool:
         if has_base:
             band_scan(tiny, [tiny] * n_models, [0] * n_models, [1] * n_models)
             magnitudes(tiny, tiny, slice(0, 16, 2))
+    except MergezooError:  # the user's setting (an unsafe MERGEZOO_KERNEL_CACHE): say so
+        raise
     except Exception:  # noqa: BLE001 - kernels that cannot load leave merges to torch
         logger.warning("fused merge kernels unavailable; merging with torch", exc_info=True)
         return False
@@ -251,8 +254,8 @@ class Combine:
         return replace(self, drop_below=np.asarray(
             [drop_threshold(d) if k else -1 for d, k in zip(densities, keep)], np.int64),
             drop_key=np.asarray(keys, np.int64),
-            rescale=np.asarray([d if k and rescale else 0 for d, k in zip(densities, keep)],
-                               np.float32))
+            rescale=np.asarray([keep_probability(d) if k and rescale else 0
+                                for d, k in zip(densities, keep)], np.float32))
 
 
 def _rule_table(rules: list[int], ties: list[list[int] | None] | None,
@@ -279,10 +282,15 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
     NaN or Inf (rarely also when a sum of finite values overflowed: the engine checks again)."""
     n = out.shape[0]
     inputs = ([base] if base is not None else []) + list(experts)
-    if any(a.shape != (n,) or not a.flags.c_contiguous for a in inputs + [out]) or \
-            len({a.dtype for a in inputs}) != 1:
-        raise ValueError("merge_slice: the inputs and the output must be contiguous 1-D "
-                         f"arrays of {n} entries, the inputs of one dtype")
+    # The kernel reads n entries of every array, of the width its dtype says: anything else
+    # would read or write past an array's end.
+    _check_arrays("merge_slice", inputs + [out], n)
+    if len({a.dtype for a in inputs}) != 1:
+        raise ValueError("merge_slice: the inputs must be of one dtype")
+    if not (len(plan.weight) == len(experts) == plan.trim.shape[1] == plan.ties.shape[1]
+            == len(plan.drop_below) == len(plan.rescale)):
+        raise ValueError(f"merge_slice: a plan for {len(plan.weight)} experts, given "
+                         f"{len(experts)}")
     row = slice_index if plan.trim.shape[0] > 1 else 0  # `trim` and `ties` share their rows
     top = plan.top_trim
     top_row = slice_index if top is not None and top.shape[0] > 1 else 0
@@ -302,15 +310,32 @@ def merge_slice(plan: Combine, base: np.ndarray | None, experts: list[np.ndarray
     return not bad
 
 
+def _check_arrays(kernel: str, arrays: list[np.ndarray], n: int,
+                  dtypes: tuple = (np.float32, np.uint16)) -> None:
+    """Raise ValueError unless every array is 1-D, C-contiguous, of `n` entries and of one of
+    `dtypes`: the kernels trust what they are given (a shorter array would be read past its
+    end, a segfault or worse), and this check is cheap next to their pass."""
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or a.ndim != 1 or a.shape[0] != n \
+                or not a.flags.c_contiguous or a.dtype not in dtypes:
+            what = (f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__)
+            raise ValueError(f"{kernel}: expected contiguous 1-D arrays of {n} entries of "
+                             f"{' or '.join(np.dtype(d).name for d in dtypes)}, got {what}")
+
+
 def _after_tie(base: np.ndarray, expert: np.ndarray, bits: int, count: int) -> int:
     """The index just after the `count`-th entry (count >= 1) of expert - base whose magnitude
     has the float32 bits `bits`."""
+    _check_arrays("tied_counts", [base, expert], base.shape[0], (base.dtype,))
     bf16 = base.dtype == np.uint16
     fn = _kernel(f"mz_tied_counts_{'b' if bf16 else 'f'}", lambda code: code.tied_counts_ir(bf16),
                  None, [ctypes.c_void_p] * 3 + [ctypes.c_int32, ctypes.c_int64])
     per_block = np.zeros(-(-base.shape[0] // 16), np.int32)
     fn(base.ctypes.data, expert.ctypes.data, per_block.ctypes.data, bits, base.shape[0])
     reached = np.cumsum(per_block)
+    if not 1 <= count <= (int(reached[-1]) if reached.size else 0):
+        raise ValueError(f"tied_counts: {count} tied entries asked for, "
+                         f"{int(reached[-1]) if reached.size else 0} found")
     block = int(np.searchsorted(reached, count))  # the 16 entries that hold the count-th
     count -= int(reached[block - 1]) if block else 0
     first = 16 * block
@@ -382,9 +407,11 @@ def band_scan(base: np.ndarray, experts: list[np.ndarray], low: list[int],
     above `high[i]`, and the bits of those within [low[i], high[i]], in order (`ops.TopKCut`'s
     bracket pass), in one pass that reads the base once."""
     n, size = len(experts), base.shape[0]
-    if any(e.shape != base.shape or e.dtype != base.dtype for e in experts) or size >= 2**31:
+    _check_arrays("band_scan", [base, *experts], size, (base.dtype,) if base.dtype in
+                  (np.float32, np.uint16) else (np.float32, np.uint16))
+    if size >= 2**31 or len(low) != n or len(high) != n:
         raise ValueError("band_scan: the base and the experts must be 1-D arrays of one "
-                         "shape and dtype, under 2**31 entries")
+                         "shape and dtype, under 2**31 entries, with a bracket per expert")
     # The gather writes up to 16 past its count. The buffer is the thread's, reused: a fresh
     # one per call costs more in page zeroing (the kernel zeroes whole 2 MB huge pages) than
     # copying out the few percent of entries gathered.
@@ -404,6 +431,8 @@ def band_scan(base: np.ndarray, experts: list[np.ndarray], low: list[int],
 
 def magnitudes(base: np.ndarray, expert: np.ndarray, part: slice) -> np.ndarray:
     """Magnitude bits (int32) of (expert - base)[part], any step."""
+    _check_arrays("magnitudes", [base, expert], base.shape[0], (base.dtype,) if base.dtype in
+                  (np.float32, np.uint16) else (np.float32, np.uint16))
     start, stop, step = part.indices(base.shape[0])
     out = np.empty(len(range(start, stop, step)), np.int32)
     bf16 = base.dtype == np.uint16
@@ -420,6 +449,7 @@ def _histogram(values: np.ndarray, low: int, shift: int, binmask: int, selshift:
                  [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
                   ctypes.c_uint32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                   ctypes.c_void_p])
+    _check_arrays("histogram", [values], values.shape[0], (np.int32,))
     hist = np.zeros(4 * bins, np.int64)  # (`low` is an int32 value: it fits c_int32)
     fn(values.ctypes.data, values.shape[0], low, shift, binmask, selshift, select, bins,
        hist.ctypes.data)

@@ -1,14 +1,16 @@
 """Where a tensor sits in the network, and what that means for per-layer settings.
 
-- `layer_positions`: 0.0 for the first layer (and embeddings), 1.0 for the last (and heads).
+- `layer_positions`: 0.0 for the first layer, 1.0 for the last; tensors outside the numbered
+  layers (embeddings, final norm, head) at 0.0, where mergekit evaluates them (t = 0).
 - `Setting` values, as in mergekit: a hyperparameter may be a number, a list of numbers (a
   gradient interpolated over the layers) or a list of `{filter: substring, value: ...}` rules.
 - LiNeS (Wang et al., 2024): scale the merged task vector of layer l by alpha + beta * l / (L-1),
-  so shallow layers keep the pretrained features.
+  so shallow layers keep the pretrained features; tensors outside the layers by alpha, as the
+  official code does.
 
 Example:
     >>> layer_positions(["embed.weight", "layers.0.w", "layers.2.w", "lm_head.weight"])
-    {'embed.weight': 0.0, 'layers.0.w': 0.0, 'layers.2.w': 1.0, 'lm_head.weight': 1.0}
+    {'embed.weight': 0.0, 'layers.0.w': 0.0, 'layers.2.w': 1.0, 'lm_head.weight': 0.0}
     >>> evaluate_setting([{"filter": "attn", "value": [0.0, 1.0]}, {"value": 0.5}], "layers.1.attn.q", 1.0)
     1.0
 """
@@ -20,8 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 _LAYER = re.compile(r"\.(?:layers?|h|blocks?)\.(\d+)\.")
-_FIRST = ("embed", "wte", "wpe", "patch", "position", "token_type", "cls_token", "conv_in",
-          "time_emb", "class_emb")
 
 
 def layer_index(key: str) -> int | None:
@@ -30,8 +30,9 @@ def layer_index(key: str) -> int | None:
 
 
 def layer_positions(keys: list[str]) -> dict[str, float]:
-    """Relative depth in [0, 1] of every tensor: numbered layers spread evenly, embeddings at
-    0, every other unnumbered tensor (final norm, head) at 1."""
+    """Relative depth in [0, 1] of every tensor, where a per-layer gradient is evaluated:
+    numbered layers spread evenly; every unnumbered tensor (embeddings, final norm, head) at
+    0, as mergekit plans the weights before and after the layers with t = 0."""
     indices = {k: layer_index(k) for k in keys}
     last = max((i for i in indices.values() if i is not None), default=0)
     positions = {}
@@ -40,7 +41,7 @@ def layer_positions(keys: list[str]) -> dict[str, float]:
             # A single-layer model sits at 1.0, as mergekit evaluates its gradients there.
             positions[key] = index / last if last else 1.0
         else:
-            positions[key] = 0.0 if any(tag in key for tag in _FIRST) else 1.0
+            positions[key] = 0.0
     return positions
 
 
@@ -88,5 +89,11 @@ class LiNeS:
     alpha: float
     beta: float
 
-    def scale(self, position: float) -> float:
+    def scale(self, key: str, position: float) -> float:
+        """The factor of tensor `key` at relative depth `position` (see `layer_positions`):
+        alpha + beta * position inside the numbered layers, alpha outside them (embeddings,
+        final norm, head), as the official code (`LiNeS_scaling`) scales the keys that match
+        no block."""
+        if layer_index(key) is None:
+            return self.alpha
         return self.alpha + self.beta * position

@@ -122,7 +122,8 @@ class LoraSource:
             # A copy: the engine reads the base too, and the same safetensors handle may hand
             # out tensors sharing memory, which in-place arithmetic would corrupt.
             return tensor.clone() if source_key is None else tensor
-        return (tensor.to(torch.float32) + delta).to(self.base.dtype(key))
+        # In float32: rounding W + dW to a bf16 base's dtype would lose most of dW.
+        return tensor.to(torch.float32) + delta
 
     def _check_shape(self, key: str, layer: LoraLayer) -> None:
         a = tuple(self._handle.get_slice(layer.a_key).get_shape())
@@ -326,6 +327,29 @@ class LoraExtractReport:
         return {"rank": self.rank, "max_error": self.max_error, "mean_error": self.mean_error,
                 "errors": self.errors, "skipped": self.skipped,
                 "out_dir": str(self.out_dir) if self.out_dir else None}
+
+
+class ZeroSource:
+    """A model of zeros shaped like `like` (float tensors in float32; others copied): the base
+    to factorise a merged task vector against, so that `extract_lora` reads it exactly."""
+
+    def __init__(self, like: TensorSource, label: str = "zero base") -> None:
+        self.like, self.label = like, label
+
+    def keys(self) -> list[str]:
+        return self.like.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.like.shape(key))
+
+    def dtype(self, key: str) -> torch.dtype:
+        dtype = self.like.dtype(key)
+        return torch.float32 if dtype.is_floating_point else dtype
+
+    def get(self, key: str) -> torch.Tensor:
+        if not self.like.dtype(key).is_floating_point:
+            return self.like.get(key)
+        return torch.zeros(self.shape(key), dtype=torch.float32)
 
 
 def _is_embedding(name: str) -> bool:

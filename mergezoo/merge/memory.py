@@ -366,7 +366,7 @@ class TaskVectors:
             else:
                 merged, owned = self._merge_one(spec, hp, key, use_base, state, seed), True
             if spec.returns == "delta":  # the engine's (merged * LiNeS scale) + base
-                scale = lines.scale(sh.positions[key]) if lines else 1.0
+                scale = lines.scale(key, sh.positions[key]) if lines else 1.0
                 if scale != 1.0:
                     merged, owned = (merged.mul_(scale) if owned else merged * scale), True
                 merged = merged.add_(sh.base[key]) if owned else merged + sh.base[key]
@@ -374,7 +374,7 @@ class TaskVectors:
             return merged.to(out_dtype or sh.reference[key].dtype)
 
         workers = torch.get_num_threads()
-        if self._sliced(spec, use_base) and workers > 1:
+        if self._sliced(spec, use_base) and spec.slices(kwargs) and workers > 1:
             # Most tensors are one slice: merge several tensors side by side, each on one
             # intra-op thread (torch releases the GIL inside operations and kernels).
             with torch_threads(1):
@@ -406,7 +406,7 @@ class TaskVectors:
 
     def _merge_one(self, spec: MergeMethod, hp: dict, key: str, use_base: bool, state: Any,
                    seed: int) -> torch.Tensor:
-        if self._sliced(spec, use_base):
+        if self._sliced(spec, use_base) and spec.slices(hp):
             return self._merge_sliced(spec, hp, key, state, seed)
         x = self._inputs(spec, key, use_base, seed, state)
         if spec.per_tensor is not None and use_base:
@@ -447,7 +447,8 @@ class TaskVectors:
         # its threads.
         with torch_threads(1):
             view = _CachingSlicedTensor(sh, self._experts, key, inputs, has_base=True,
-                                        dtype=sh.dtype, pool=None, fused=fused)
+                                        dtype=sh.dtype, pool=None, fused=fused,
+                                        shape=tuple(shape))
             try:
                 merge_sliced(spec, hp, view, out, seeds=seeds, state=state, scratch=scratch)
             except ValueError as err:

@@ -314,32 +314,83 @@ def keep_lanes(key: int, offset: int, n: int, device: torch.device | str = "cpu"
     return x.bitwise_xor_(x >> 16) >> 16
 
 
+LANES = 1 << 16  # the random drop's draws are uniform over this many values
+
+
 def drop_threshold(density: float) -> int:
     """Keep an entry when its 16-bit lane is below this: the keep probability is `density`
-    rounded to a multiple of 1/65536."""
-    return round(density * 65536)
+    rounded to a multiple of 1/65536 (`keep_probability`). A density that rounds to 0
+    (below 1/131072) cannot be drawn: ValueError, never a silent all-zero."""
+    below = round(density * LANES)
+    if below <= 0 and density > 0:
+        raise ValueError(f"density {density!r} is below what the random drop resolves "
+                         f"(1/{LANES * 2}); use at least {1 / LANES:g}")
+    return below
+
+
+def keep_probability(density: float) -> float:
+    """The keep probability the random drop actually uses: drop_threshold / 65536 (exact in
+    float32), which survivors are divided by when rescaled."""
+    return drop_threshold(density) / LANES
 
 
 def random_drop(delta: torch.Tensor, density: float, key: int, rescale: bool = True, *,
                 offset: int = 0, owned: bool = False) -> torch.Tensor:
-    """DARE: keep each entry with probability `density`, and divide survivors by `density`.
-    The draws come from `keep_lanes(key, offset + i)` for flat entry i of `delta` (`offset`:
-    where `delta` starts in its whole tensor). With `owned`, `delta` is changed in place.
+    """DARE: keep each entry with probability p = `keep_probability(density)` (density
+    rounded to a multiple of 1/65536), and divide survivors by p, the probability actually
+    used, so that the expected task vector is unchanged. The draws come from
+    `keep_lanes(key, offset + i)` for flat entry i of `delta` (`offset`: where `delta` starts
+    in its whole tensor). With `owned`, `delta` is changed in place.
     """
     if density >= 1:
         return delta
+    below = drop_threshold(density)
+    p = below / LANES
     kept = delta if owned and delta.is_contiguous() else delta.contiguous().clone()
     flat = kept.view(-1)
-    below = drop_threshold(density)
     for part in chunks(flat.numel(), flat.device):
         piece = flat[part]
         lanes = keep_lanes(key, offset + part.start, piece.numel(), piece.device)
         # keep = (lane < below), as 1.0 / 0.0 by arithmetic: the lanes are integers, so
         # clamp(below - lane, 0, 1) is 1 exactly when lane < below (comparisons are slow on CPU).
         piece.mul_(lanes.neg_().add_(below).clamp_(0, 1).to(piece.dtype))
-        if rescale:
-            piece.div_(density)
+        if rescale and below < LANES:
+            piece.div_(p)
     return kept
+
+
+def rescale_l1(masked: torch.Tensor, before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """mergekit's `rescaled_masked_tensor` with the L1 norm: multiply the sparsified tensor
+    (in place) by before / |masked|_1, where `before` is the L1 norm of the tensor before it
+    was sparsified; unchanged when either norm is below `eps`."""
+    after = masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked.mul_(before / after)
+
+
+def rank_drop(delta: torch.Tensor, density: float, epsilon: float, key: int,
+              rescale: bool = True) -> torch.Tensor:
+    """DELLA's MagPrune (Deep et al., 2024), as mergekit's `della_magprune` ranks: per row
+    (a 1-D tensor is one row; others are rows of their first dimension), an entry of
+    magnitude rank r (0 the smallest, ties by position) among c is kept with probability
+    p = density - epsilon + 2 epsilon r / (c - 1), rounded to a multiple of 1/65536 and drawn
+    as DARE draws (`keep_lanes`); with `rescale`, survivors are divided by their p."""
+    if density >= 1:
+        return delta
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+    c = rows.shape[1]
+    order = rows.abs().argsort(dim=1, stable=True)
+    ranks = torch.empty_like(order).scatter_(
+        1, order, torch.arange(c, device=rows.device).expand_as(order))
+    rank_norm = ranks.to(torch.float64) / (c - 1) if c > 1 else torch.zeros_like(rows, dtype=torch.float64)
+    below = ((density - epsilon) + rank_norm * (2 * epsilon)).mul_(LANES).round_()
+    lanes = keep_lanes(key, 0, rows.numel(), rows.device).view(rows.shape)
+    keep = lanes < below
+    kept = rows * keep
+    if rescale:
+        kept = torch.where(keep, kept / (below / LANES).to(kept.dtype), kept)
+    return kept.view(delta.shape)
 
 
 def drop_outliers_and_small(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:

@@ -37,9 +37,53 @@ DTYPES = {
     "float64": torch.float64, "fp64": torch.float64,
 }
 # mergekit fields mergezoo does not implement: refuse them rather than ignore them silently.
-UNSUPPORTED = {"slices": "use the `models:` form", "tokenizer_source": "the base's tokenizer is copied",
+UNSUPPORTED = {"slices": "use the `models:` form",
                "tokenizer": "the base's tokenizer is copied", "chat_template": "not supported",
                "modules": "not supported"}
+
+
+# Bounds checked on the YAML's events, before anything is built: a 1 KB recipe of nested
+# aliases ("billion laughs") expands to billions of nodes, and 5000 nested lists overflow the
+# recursive constructor. Real recipes are far inside these.
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 64
+MAX_MODELS = 1_000
+
+
+def check_yaml_size(text: str, source: str = "recipe") -> None:
+    """Raise `RecipeError` when the YAML in `text`, with its aliases expanded, would have more
+    than MAX_YAML_NODES nodes or nest deeper than MAX_YAML_DEPTH, reading its parse events
+    only (the parser is iterative; nothing is constructed).
+
+    Example:
+        >>> check_yaml_size("a: &x [1, 2]\\nb: *x\\n")
+        >>> check_yaml_size("[" * 100 + "]" * 100)
+        Traceback (most recent call last):
+        mergezoo.errors.RecipeError: recipe: nested deeper than 64 levels (line 1)
+    """
+    sizes: dict[str, int] = {}  # anchor -> expanded node count of its node
+    stack: list[list] = [[0, None]]  # [nodes so far, anchor] per open collection
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([1, event.anchor])
+            if len(stack) - 1 > MAX_YAML_DEPTH:
+                raise RecipeError(f"{source}: nested deeper than {MAX_YAML_DEPTH} levels "
+                                  f"(line {event.start_mark.line + 1})")
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            count, anchor = stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            count, anchor = 1, event.anchor
+        elif isinstance(event, yaml.AliasEvent):
+            count, anchor = sizes.get(event.anchor, 1), None
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = count
+        stack[-1][0] += count
+        if stack[-1][0] > MAX_YAML_NODES or count > MAX_YAML_NODES:
+            raise RecipeError(f"{source}: more than {MAX_YAML_NODES} values once its aliases are "
+                              f"expanded (line {event.start_mark.line + 1}); refusing to build it")
 
 
 def parse_dtype(name: str | None, field: str) -> torch.dtype | None:
@@ -90,6 +134,9 @@ class MergeRecipe(BaseModel):
     seed: int = 0
     output: Literal["full", "lora"] = "full"  # a full model, or a LoRA of the merged delta
     rank: int | None = Field(default=None, ge=1)  # LoRA rank for `output: lora`
+    # mergekit's tokenizer_source: only `base` (what mergezoo does: the base's tokenizer and
+    # config are copied) is honoured; union or a model's tokenizer are refused.
+    tokenizer_source: str | None = None
 
     @field_validator("models", mode="before")
     @classmethod
@@ -117,8 +164,16 @@ class MergeRecipe(BaseModel):
                     msg = f"unknown field (valid: {valid})"
                 lines.append(f"{where}: {msg}")
             raise RecipeError(f"{source}: invalid recipe:\n  " + "\n  ".join(lines)) from None
+        if len(recipe.models) > MAX_MODELS:
+            raise RecipeError(f"{source}: {len(recipe.models)} models; a recipe merges at most "
+                              f"{MAX_MODELS}")
         if recipe.output == "lora" and (recipe.rank is None or recipe.base_model is None):
             raise RecipeError(f"{source}: output: lora needs a rank (--rank) and a base_model")
+        if recipe.tokenizer_source is not None and (recipe.tokenizer_source != "base"
+                                                     or recipe.base_model is None):
+            raise RecipeError(
+                f"{source}: tokenizer_source: {recipe.tokenizer_source!r} is not supported "
+                "(only 'base', with a base_model: the base's tokenizer is copied)")
         parse_dtype(recipe.dtype, f"{source}: dtype")
         parse_dtype(recipe.out_dtype, f"{source}: out_dtype")
         return recipe
@@ -126,6 +181,7 @@ class MergeRecipe(BaseModel):
     @classmethod
     def from_yaml(cls, text: str, source: str = "recipe") -> "MergeRecipe":
         try:
+            check_yaml_size(text, source)
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)

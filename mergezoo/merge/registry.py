@@ -187,6 +187,9 @@ class MergeMethod:
     # `prepare` and `per_tensor` states), so on CPU the engine merges each tensor slice by
     # slice, converting the inputs to the compute dtype one cache-sized slice at a time.
     elementwise: bool = False
+    # whole_if(kwargs) -> True where a configuration needs whole tensors after all (e.g. a
+    # rescale to each tensor's L1 norm): the engine then merges tensor by tensor.
+    whole_if: Callable[[dict[str, Any]], bool] | None = None
     # per_tensor(view, hp) -> state: a first pass over one tensor's slices before they are
     # merged (e.g. each task vector's top-k threshold); `view` is a `SlicedTensor`.
     per_tensor: Callable | None = None
@@ -204,6 +207,10 @@ class MergeMethod:
     # (`mergezoo.merge.memory`) then merges once per grid and scales per grid point.
     linear: str | None = None
 
+    def slices(self, kwargs: dict[str, Any]) -> bool:
+        """Whether the engine may merge slice by slice with these resolved hyperparameters."""
+        return self.elementwise and not (self.whole_if is not None and self.whole_if(kwargs))
+
     @property
     def summary(self) -> str:
         return (inspect.getdoc(self.fn) or "").split("\n\n")[0].replace("\n", " ")
@@ -216,6 +223,13 @@ class MergeMethod:
         `models: - parameters:`). A per-model parameter set globally applies to every model.
         """
         known = ", ".join(self.hyperparameters) or "none"
+        if self.returns == "delta" and "int8_mask" in params:
+            # mergekit's int8_mask stores its sign masks as int8 to save memory; the merged
+            # tensors are the same, and this engine never stores such masks: accepted, no-op.
+            if not isinstance(params["int8_mask"], bool):
+                raise HyperparameterError(
+                    f"parameters: int8_mask must be true or false, got {params['int8_mask']!r}")
+            params = {k: v for k, v in params.items() if k != "int8_mask"}
         for key in params:
             if key not in self.hyperparameters:
                 raise HyperparameterError(
@@ -281,7 +295,8 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
                  random: bool = False, aliases: tuple[str, ...] = (),
                  helps: dict[str, str] | None = None,
                  check: Callable[[dict[str, Any]], None] | None = None,
-                 elementwise: bool = False, per_tensor: Callable | None = None,
+                 elementwise: bool = False, whole_if: Callable | None = None,
+                 per_tensor: Callable | None = None,
                  fused: Callable | None = None, fused_saves: float = 0.0,
                  linear: str | None = None) -> Callable:
     """Register a merge method. See the module docstring for an example.
@@ -312,7 +327,8 @@ def merge_method(name: str, *, paper: str, needs: Needs, grid: dict[str, list],
         _REGISTRY[name] = MergeMethod(name=name, fn=fn, paper=paper, needs=needs, grid=grid,
                                       hyperparameters=hps, returns=returns, prepare=prepare,
                                       random=random, aliases=aliases, check=check,
-                                      elementwise=elementwise, per_tensor=per_tensor,
+                                      elementwise=elementwise, whole_if=whole_if,
+                                      per_tensor=per_tensor,
                                       fused=fused, fused_saves=fused_saves, linear=linear)
         for alias in aliases:
             _ALIASES[alias] = name

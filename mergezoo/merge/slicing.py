@@ -38,10 +38,15 @@ class SlicedTensor:
 
     def __init__(self, key: str, inputs: list[torch.Tensor], *, has_base: bool,
                  dtype: torch.dtype = torch.float32, pool: Executor | None = None,
-                 fused: bool = True) -> None:
+                 fused: bool = True, shape: tuple[int, ...] | None = None) -> None:
         self.key = key
+        # The tensor's shape (for statistics per row), when the inputs come flattened.
+        self.shape = tuple(inputs[0].shape) if shape is None else tuple(shape)
         self.flat = [t.reshape(-1) for t in inputs]
         self.n = self.flat[0].numel()
+        if any(t.numel() != self.n for t in self.flat):  # slices index every input alike
+            raise ValueError(f"tensor '{key}': the inputs hold {[t.numel() for t in self.flat]} "
+                             "entries, not one size")
         self.has_base = has_base
         self.dtype = dtype
         self.parts = chunks(self.n, torch.device("cpu"))

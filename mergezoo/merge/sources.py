@@ -13,14 +13,18 @@ Example:
 from __future__ import annotations
 
 import json
+import os
+import pickle
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from mergezoo.errors import ModelNotFoundError, UnsafeCheckpointError
+from mergezoo.errors import BadCheckpointError, ModelNotFoundError, UnsafeCheckpointError
 from mergezoo.zoo.manifest import PICKLE_SUFFIXES, weight_files_of
+from mergezoo.zoo.paths import member
+from mergezoo.zoo.safetensors_header import read_header
 
 PICKLE_STEMS = {"pytorch_model": "model", "diffusion_pytorch_model": "diffusion_pytorch_model",
                 "adapter_model": "adapter_model"}
@@ -55,14 +59,34 @@ class SafetensorsSource:
         self.label = label
         self.files = files
         self.weights_stem = weights_stem
-        self._handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
         self._where: dict[str, int] = {}
         self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        for i, handle in enumerate(self._handles):
-            for key in handle.keys():
-                view = handle.get_slice(key)
+        # Each header is checked (lengths, ranges, dtypes) before the file is mapped, and what
+        # the file was then is kept: a file truncated later would kill the process with SIGBUS
+        # when a mapped page past its new end is touched, so `get` looks first.
+        self._stamps: list[tuple[int, int, int]] = []
+        self._handles = []
+        for i, f in enumerate(files):
+            header = read_header(f, f"{label}: {f.name}")
+            for key, (shape, dtype) in header.tensors.items():
+                if dtype not in SAFETENSORS_DTYPES:
+                    raise BadCheckpointError(
+                        f"{label}: {f.name}: tensor {key!r} has dtype {dtype}, which mergezoo "
+                        f"cannot merge (it reads {', '.join(SAFETENSORS_DTYPES)})")
+                if key in self._where:
+                    raise BadCheckpointError(f"{label}: tensor {key!r} is in both "
+                                             f"{files[self._where[key]].name} and {f.name}")
                 self._where[key] = i
-                self._meta[key] = (tuple(view.get_shape()), SAFETENSORS_DTYPES[view.get_dtype()])
+                self._meta[key] = (shape, SAFETENSORS_DTYPES[dtype])
+            st = os.stat(f)
+            if st.st_size != header.file_size:
+                raise BadCheckpointError(f"{label}: {f.name}: {st.st_size} bytes, but its header "
+                                         f"describes {header.file_size}")
+            self._stamps.append((header.file_size, st.st_mtime_ns, st.st_ino))
+            try:
+                self._handles.append(safe_open(str(f), framework="pt", device="cpu"))
+            except SafetensorError as err:  # a header the checks above let through
+                raise BadCheckpointError(f"{label}: {f.name}: {err}") from None
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -73,8 +97,25 @@ class SafetensorsSource:
     def dtype(self, key: str) -> torch.dtype:
         return self._meta[key][1]
 
+    def check_unchanged(self, index: int) -> None:
+        """Raise `BadCheckpointError` when file `index` was changed since it was opened (an
+        in-place re-save): reading its mapping could then crash the process."""
+        f = self.files[index]
+        try:
+            st = os.stat(f)
+            now = (st.st_size, st.st_mtime_ns, st.st_ino)
+        except OSError:
+            now = None
+        if now != self._stamps[index]:
+            size = f"{now[0]} bytes" if now else "gone"
+            raise BadCheckpointError(
+                f"{self.label}: {f} changed while the merge was reading it (now {size}, was "
+                f"{self._stamps[index][0]}); nothing was written. Merge again once it is saved.")
+
     def get(self, key: str) -> torch.Tensor:
-        return self._handles[self._where[key]].get_tensor(key)
+        index = self._where[key]
+        self.check_unchanged(index)
+        return self._handles[index].get_tensor(key)
 
 
 class StateDictSource:
@@ -104,8 +145,14 @@ def find_weight_files(folder: Path) -> tuple[str, list[Path], bool]:
     names = sorted(p.name for p in folder.iterdir() if p.is_file())
     safetensors, pickles, index = weight_files_of(names)
     if index is not None:
-        weight_map = json.loads((folder / index).read_text())["weight_map"]
-        files = [folder / name for name in dict.fromkeys(weight_map.values())]
+        weight_map = _weight_map(folder / index)
+        # Each file an index names must lie in the folder: "/root/.cache/huggingface/token" or
+        # "../x" would make the merge read a file that is not part of the model.
+        first_key = {}
+        for key, name in weight_map.items():
+            first_key.setdefault(name if isinstance(name, str) else repr(name), (key, name))
+        files = [folder / member(name, f"{folder / index}: weight_map[{key!r}]", root=folder)
+                 for key, name in first_key.values()]
         return index.removesuffix(".safetensors.index.json"), files, False
     if safetensors:
         stem = safetensors[0].split("-0")[0].removesuffix(".safetensors")
@@ -115,6 +162,18 @@ def find_weight_files(folder: Path) -> tuple[str, list[Path], bool]:
         # transformers' pytorch_model.bin becomes model.safetensors; diffusers keeps its stem.
         return PICKLE_STEMS.get(stem, stem), [folder / name for name in pickles], True
     raise ModelNotFoundError(f"no weights (*.safetensors, or *.bin/*.pt) in {folder}")
+
+
+def _weight_map(path: Path) -> dict[str, str]:
+    """The `weight_map` of a safetensors index file, or `BadCheckpointError` naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BadCheckpointError(f"{path}: not a readable index file ({err})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise BadCheckpointError(f"{path}: no 'weight_map' object in the index file")
+    return weight_map
 
 
 def is_lora_folder(path: Path) -> bool:
@@ -159,5 +218,21 @@ def open_source(path: str | Path, label: str | None = None, *, allow_pickle: boo
         )
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
-        tensors.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        try:
+            loaded = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as err:  # weights_only refused what the pickle asks for
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            reason = next((ln for ln in lines if "unsupported" in ln.lower()),
+                          lines[0] if lines else type(err).__name__)
+            raise UnsafeCheckpointError(
+                f"{label}: {f.name}: torch.load(weights_only=True) refused it: the pickle asks "
+                f"for more than tensors ({reason}); it was not loaded") from None
+        except (RuntimeError, EOFError, ValueError, OSError) as err:  # torch's error for a bad zip
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BadCheckpointError(f"{label}: {f.name}: not a readable checkpoint ({first})"
+                                     ) from None
+        if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                   for k, v in loaded.items()):
+            raise BadCheckpointError(f"{label}: {f.name}: not a state dict of named tensors")
+        tensors.update(loaded)
     return StateDictSource(tensors, label, stem)

@@ -14,21 +14,16 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import shutil
 import struct
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from mergezoo.errors import OutputExistsError
+from mergezoo.merge.atomic import atomic_output_dir  # noqa: F401  (re-exported)
 from mergezoo.merge.sources import SAFETENSORS_DTYPES
 
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
@@ -164,29 +159,3 @@ class ShardedSafetensorsWriter:
             (self.folder / name).write_text(json.dumps(index, indent=2) + "\n")
             files.append(name)
         return files
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` in one rename.
-
-    On any error (or Ctrl-C) the temporary folder is removed and `out_dir` is left as it was.
-    An existing `out_dir` is replaced only with `overwrite=True`.
-    """
-    out = Path(out_dir).expanduser().absolute()
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

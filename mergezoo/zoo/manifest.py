@@ -16,15 +16,16 @@ Example:
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from huggingface_hub import ModelCard, hf_hub_download
 
-from mergezoo.errors import IncompatibleModelsError, ModelNotFoundError
+from mergezoo.errors import IncompatibleModelsError, ModelNotFoundError, UnsafePathError
 from mergezoo.zoo.hub import hub_api, hub_errors
+from mergezoo.zoo.paths import member
+from mergezoo.zoo.safetensors_header import read_header
 from mergezoo.zoo.refs import ModelRef
 
 # File stems that transformers, diffusers and peft save weights under, in order of preference.
@@ -178,7 +179,8 @@ def inspect_hub(ref: ModelRef | str, *, token: str | None = None,
                     label=label):
         info = api.model_info(repo_id, revision=ref.revision)
         sha = info.sha
-        files = [s.rfilename for s in info.siblings or []]
+        files = [member(s.rfilename, f"{label}: a file name in the repo")
+                 for s in info.siblings or []]
         kind = detect_kind(files)
         card = info.card_data.to_dict() if info.card_data is not None else {}
 
@@ -192,6 +194,7 @@ def inspect_hub(ref: ModelRef | str, *, token: str | None = None,
                                  revision=sha, config=load_json("config.json"),
                                  adapter_config=load_json("adapter_config.json"),
                                  model_index=load_json("model_index.json"), card=card)
+        _check_model_index(manifest)
         for name in component_names(kind, files):
             if components is not None and name and name not in components:
                 continue
@@ -235,12 +238,24 @@ def inspect_local(path: str | Path, label: str | None = None) -> ModelManifest:
     manifest = ModelManifest(label=label, kind=kind, files=files, config=load_json("config.json"),
                              adapter_config=load_json("adapter_config.json"),
                              model_index=load_json("model_index.json"), card=card)
+    _check_model_index(manifest)
     for name in component_names(kind, files):
         comp = _component(name, files, manifest, load_json)
         for filename in comp.weight_files:
+            member(filename, f"{label}: weight file", root=root)
             comp.tensors.update(read_local_header(root / filename, f"{label}: {filename}"))
         manifest.components[name] = comp
     return manifest
+
+
+def _check_model_index(manifest: ModelManifest) -> None:
+    """model_index.json names its components by folder: each must be a plain name."""
+    for key in manifest.model_index or {}:
+        if not key.startswith("_"):
+            member(key, f"{manifest.label}: model_index.json component")
+            if "/" in key or "\\" in key:
+                raise UnsafePathError(f"{manifest.label}: model_index.json component {key!r} is "
+                                      "not a folder name")
 
 
 def _component(name: str, files: list[str], manifest: ModelManifest,
@@ -252,20 +267,23 @@ def _component(name: str, files: list[str], manifest: ModelManifest,
     safetensors, comp.pickle_files, index = weight_files_of(files, name)
     if index is not None:
         index_data = load_json(index) or {}
-        safetensors = sorted(set((index_data.get("weight_map") or {}).values()))
+        weight_map = index_data.get("weight_map") or {}
+        if not isinstance(weight_map, dict):
+            raise IncompatibleModelsError(f"{manifest.label}: {index}: 'weight_map' is not an object")
+        named = {}
+        for key, value in weight_map.items():
+            named.setdefault(value if isinstance(value, str) else repr(value), (key, value))
+        safetensors = sorted(member(value, f"{manifest.label}: {index}: weight_map[{key!r}]")
+                             for key, value in named.values())
         safetensors = [f"{name}/{f}" if name else f for f in safetensors]
     comp.weight_files = safetensors
     return comp
 
 
 def read_local_header(path: Path, label: str) -> dict[str, TensorMeta]:
-    """Tensor names, shapes and dtypes of a safetensors file, from its header alone."""
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            return parse_safetensors_header(f.read(size))
-    except (OSError, ValueError, struct.error) as err:
-        raise IncompatibleModelsError(f"{label}: not a readable safetensors file ({err})") from err
+    """Tensor names, shapes and dtypes of a safetensors file, from its header alone (checked:
+    see `safetensors_header.read_header`)."""
+    return read_header(path, label).tensors
 
 
 def _read_json(path: Path, label: str) -> dict:

@@ -14,15 +14,20 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
+from huggingface_hub import ResolvedRevision, snapshot_download
 
-from mergezoo.errors import ModelNotFoundError, UnsafeCheckpointError
+from mergezoo.errors import InvalidRevisionError, ModelNotFoundError, UnsafeCheckpointError
+from mergezoo.zoo.downloads import remove_partial_downloads, repo_cache, stop_on_interrupt
 from mergezoo.zoo.hub import hub_api, hub_errors, is_offline
 from mergezoo.zoo.manifest import ModelManifest, inspect_hub, inspect_local
-from mergezoo.zoo.refs import ModelRef
+from mergezoo.zoo.refs import COMMIT_SHA, ModelRef
+
+logger = logging.getLogger(__name__)
 
 # What a merge needs from a repo: weights in safetensors, configs, tokenizer files, card.
 PULL_PATTERNS = ["*.json", "*.safetensors", "README.md", "*.yaml", "*.txt", "*.model",
@@ -47,11 +52,14 @@ class PulledModel:
 
 
 def pull_model(ref: str | ModelRef, *, allow_pickle: bool = False, token: str | None = None,
-               components: list[str] | None = None) -> PulledModel:
+               components: list[str] | None = None, pin: str | None = None) -> PulledModel:
     """Download what a merge needs of a Hub model into the Hub cache; return path and SHA.
 
     `components` (diffusers subfolders such as "unet") limits which weight folders are fetched;
-    configs of all of them are always fetched.
+    configs of all of them are always fetched. `pin` is the commit SHA to download (the one
+    the model was validated at); without it the revision is resolved now. Ctrl-C (or SIGTERM
+    in the CLI) stops the download at once and raises KeyboardInterrupt with `left` saying what
+    the cache holds; partial files that killed pulls of this repo left are removed first.
     """
     ref = ref if isinstance(ref, ModelRef) else ModelRef.parse(str(ref))
     if ref.is_local:
@@ -63,22 +71,60 @@ def pull_model(ref: str | ModelRef, *, allow_pickle: bool = False, token: str | 
         return PulledModel(ref.spec, sha, ref.revision, path, manifest.kind, manifest.files)
 
     api = hub_api(token)
-    with hub_errors(ref.spec, revision=ref.revision, token=token, what="resolving the revision"):
-        resolved = api.resolve_revision(ref.spec, revision=ref.revision, token=token)
+    if pin is not None:
+        if not COMMIT_SHA.match(pin):
+            raise InvalidRevisionError(f"{ref}: pin {pin!r} is not a 40-hex commit SHA")
+        resolved = ResolvedRevision(resolved=pin, initial=ref.revision, repo_id=ref.spec)
+        _remember_ref(ref, pin)
+    else:
+        with hub_errors(ref.spec, revision=ref.revision, token=token,
+                        what="resolving the revision"):
+            resolved = api.resolve_revision(ref.spec, revision=ref.revision, token=token)
     sha = resolved.resolved
     manifest = inspect_hub(ModelRef(ref.spec, sha), token=token, read_headers=False,
                            label=str(ref))
     _check_weights(manifest, str(ref), allow_pickle)
     patterns = _patterns(manifest, allow_pickle, components)
-    with hub_errors(ref.spec, revision=ref.revision, token=token, what="downloading"):
-        folder = Path(snapshot_download(ref.spec, revision=resolved, allow_patterns=patterns,
-                                        token=token))
+    remove_partial_downloads(ref.spec)
+    wanted = [f for f in manifest.files if any(fnmatch(f, p) for p in patterns)]
+    try:
+        with hub_errors(ref.spec, revision=ref.revision, token=token, what="downloading"), \
+                stop_on_interrupt() as progress:
+            folder = Path(snapshot_download(ref.spec, revision=resolved, allow_patterns=patterns,
+                                            token=token, tqdm_class=progress))
+    except KeyboardInterrupt as err:
+        err.left = _what_is_left(ref, sha, wanted)
+        raise
     missing = [f for c in manifest.components.values() for f in c.weight_files
                if not (folder / f).is_file() and _wanted(f, components)]
     if missing:
         raise ModelNotFoundError(f"{ref}: download finished without {', '.join(missing)}")
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     return PulledModel(ref.spec, sha, ref.revision, folder, manifest.kind, files)
+
+
+def _remember_ref(ref: ModelRef, sha: str) -> None:
+    """Record `refs/<revision>` -> `sha` in the cache, as `resolve_revision` does, so that
+    HF_HUB_OFFLINE=1 finds a pinned download by its branch or tag later."""
+    if not ref.revision or ref.revision == sha:
+        return
+    try:
+        from huggingface_hub.file_download import _cache_commit_hash_for_specific_revision
+        _cache_commit_hash_for_specific_revision(str(repo_cache(ref.spec)), ref.revision, sha)
+    except (ImportError, OSError) as err:  # best effort, as huggingface_hub does
+        logger.info("could not record %s -> %s in the cache: %s", ref, sha, err)
+
+
+def _what_is_left(ref: ModelRef, sha: str, wanted: list[str]) -> str:
+    """What an interrupted pull leaves in the Hub cache, in words."""
+    snapshot = repo_cache(ref.spec) / "snapshots" / sha
+    have = [f for f in wanted if (snapshot / f).is_file()]
+    partial = list((repo_cache(ref.spec) / "blobs").glob("*.incomplete"))
+    text = (f"{ref}: {len(have)} of {len(wanted)} files are complete in the Hub cache and a "
+            "later pull reuses them")
+    text += (f"; {len(partial)} partial file(s) remain in {repo_cache(ref.spec) / 'blobs'}, "
+             "removed by the next pull" if partial else "; no partial file was left")
+    return text
 
 
 def cached_snapshot(ref: ModelRef, *, token: str | None = None) -> tuple[Path, str]:

@@ -24,8 +24,9 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 from huggingface_hub import errors as hf_errors
 
-from mergezoo.errors import HubAccessError, ModelNotFoundError, RepoNotEmptyError
+from mergezoo.errors import HubAccessError, ModelNotFoundError, RepoNotEmptyError, UnsafePathError
 from mergezoo.zoo.hub import endpoint, hub_api, hub_errors, token_source
+from mergezoo.zoo.paths import leaves
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,10 @@ def plan_push(folder: str | Path, repo_id: str, *, private: bool = False, create
         rel = path.relative_to(root)
         if path.is_file() and not (set(rel.parts) & SKIP_PARTS) and rel.name not in SKIP_NAMES \
                 and not rel.name.endswith(".incomplete"):
+            outside = leaves(root, path)
+            if outside is not None:  # a link to the stored token would publish it
+                raise UnsafePathError(f"{root}: {rel.as_posix()} is a link to a file outside the "
+                                      f"folder ({outside}); refusing to push it")
             files.append((rel.as_posix(), path.stat().st_size))
     if not files:
         raise ModelNotFoundError(f"{root}: the folder is empty; nothing to push")

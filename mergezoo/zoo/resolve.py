@@ -34,8 +34,12 @@ class ResolvedModel:
 
 
 def resolve_model(ref: str | ModelRef | Path, *, allow_pickle: bool = False,
-                  token: str | None = None, component: str | None = None) -> ResolvedModel:
+                  token: str | None = None, component: str | None = None,
+                  pin: str | None = None) -> ResolvedModel:
     """Resolve a reference to a local folder (Hub repos are pulled into the Hub cache).
+
+    `pin` is the commit SHA to download (the one the model was validated at); without it the
+    revision is resolved now.
 
     `component` (a diffusers subfolder such as "unet") pulls only that folder's weights, plus
     every config of the pipeline.
@@ -49,6 +53,6 @@ def resolve_model(ref: str | ModelRef | Path, *, allow_pickle: bool = False,
     from mergezoo.zoo.pull import pull_model
 
     pulled = pull_model(ref, allow_pickle=allow_pickle, token=token,
-                        components=[component] if component else None)
+                        components=[component] if component else None, pin=pin)
     return ResolvedModel(ref=ref, path=pulled.path, repo_id=pulled.repo_id,
                          revision=pulled.revision)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from mergezoo.errors import IncompatibleModelsError, UnsafeCheckpointError
+from mergezoo.errors import IncompatibleModelsError, UnsafeCheckpointError, UnsafePathError
 from mergezoo.zoo.manifest import Component, ModelManifest, inspect_hub, inspect_local
 from mergezoo.zoo.refs import ModelRef
 
@@ -28,8 +28,12 @@ MAX_NAMES = 5  # tensor names listed per problem before "and N more"
 
 def validate_experts(refs: Sequence[str | ModelRef], base: str | ModelRef | None = None, *,
                      token: str | None = None, component: str | None = None,
-                     allow_pickle: bool | None = None) -> None:
+                     allow_pickle: bool | None = None) -> dict[str, str]:
     """Raise `IncompatibleModelsError` listing every reason `refs` cannot be merged onto `base`.
+
+    Returns the commit SHA each Hub model was validated at ({reference as given: SHA}), to pin
+    the download to (`pull_model(..., pin=)`): a branch moved meanwhile must not bring weights
+    that were never validated.
 
     Works on Hub repo IDs (metadata and headers only, no weights) and local folders alike.
     `component` picks one diffusers subfolder (e.g. "unet"); by default every weight-bearing one
@@ -44,6 +48,9 @@ def validate_experts(refs: Sequence[str | ModelRef], base: str | ModelRef | None
     problems = check_compatibility(manifests, base_manifest, component=component)
     if problems:
         raise IncompatibleModelsError(format_problems(problems))
+    given = [str(r) for r in refs] + ([str(base)] if base is not None else [])
+    every = manifests + ([base_manifest] if base is not None and base_manifest else [])
+    return {ref: m.revision for ref, m in zip(given, every) if m.repo_id and m.revision}
 
 
 def inspect_models(refs: Sequence[str | ModelRef], base: str | ModelRef | None = None, *,
@@ -99,6 +106,12 @@ def _implied_lora_base(manifests: list[ModelManifest], *, token: str | None,
     ref = ModelRef.parse(name)
     if ref.is_local and not _exists(ref.spec):
         return None  # a path on the machine the adapter was trained on
+    hub_adapter = next((m for m in manifests if m.kind == "lora" and m.repo_id), None)
+    if ref.is_local and hub_adapter is not None:
+        # A Hub adapter naming a folder of this machine must not make mergezoo read it.
+        raise UnsafePathError(f"{hub_adapter.label}: adapter_config.json base_model_name_or_path "
+                              f"= {name!r} is a local path outside the model; give the base "
+                              "model explicitly (--base)")
     return _inspect(ref, token=token, component=component)
 
 

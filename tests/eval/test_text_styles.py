@@ -116,3 +116,46 @@ def test_experts_merge_into_a_loadable_sentence_encoder(text_tiny, tmp_path):
     scores = bench.evaluate(out, split="test")
     assert set(scores) == {c.name for c in bench.cells}
     assert all(0.0 <= s <= 1.0 for s in scores.values())
+
+
+def test_module_is_the_bert_inside_the_encoder_and_with_weights_swaps_it(text_tiny):
+    from safetensors.torch import load_file
+
+    bench, zoo = text_tiny
+    cell = bench.cell("topic-piglatin")
+    ds = bench.dataset(cell, "test")
+    expert_dir = zoo.model_path("expert", cell.name, seed=0)
+    model = bench.load_model(zoo.model_path("base"))
+    assert type(bench.module(model)).__name__ == "BertModel"
+    base_score = bench.score(model, ds, cell)
+    state = load_file(str(expert_dir / "model.safetensors"))
+    swapped = bench.with_weights(model, state)
+    assert swapped is model
+    expert_score = bench.score(bench.load_model(expert_dir), ds, cell)
+    assert bench.score(swapped, ds, cell) == expert_score != base_score
+    with pytest.raises(Exception, match="do not fit"):
+        bench.with_weights(model, {"not.a.weight": state[next(iter(state))]})
+
+
+def test_ensemble_averages_the_members_softmax(text_tiny):
+    import torch
+
+    from mergezoo.eval.benchmarks.text_styles.model import LOGIT_SCALE, embed
+
+    bench, zoo = text_tiny
+    base = bench.load_model(zoo.model_path("base"))
+    expert = bench.load_model(zoo.model_path("expert", "topic-piglatin", seed=0))
+    for cell in bench.cells:
+        ds = bench.dataset(cell, "test")
+        assert bench.predict(bench.ensemble([expert]), ds, cell) == bench.predict(expert, ds, cell)
+    cell = bench.cell("topic-piglatin")
+    ds = bench.dataset(cell, "test")
+    pair = bench.ensemble([base, expert])
+    labels = bench.label_embeddings()["topic"]
+    probs = sum(torch.softmax(LOGIT_SCALE * embed(m, ds["text"]) @ labels.T, -1)
+                for m in (base, expert)) / 2
+    assert bench.predict(pair, ds, cell) == probs.argmax(-1).tolist()
+    assert 0.0 <= bench.score(pair, ds, cell) <= 1.0
+    every = {name: [p for c in bench.cells for p in bench.predict(m, bench.dataset(c), c)]
+             for name, m in (("base", base), ("expert", expert), ("pair", pair))}
+    assert every["pair"] != every["base"] and every["pair"] != every["expert"]

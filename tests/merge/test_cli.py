@@ -285,7 +285,7 @@ def test_methods_table(capsys):
     out = capsys.readouterr().out
     for m in list_methods():
         assert m.name in out and m.paper in out
-    assert "density=0.2*" in out  # ties' per-model density default
+    assert "density=1.0*" in out  # ties' per-model density default: mergekit's (keep all)
 
 
 def test_methods_json(capsys):

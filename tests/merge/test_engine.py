@@ -13,17 +13,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from merge_helpers import call_method, load_folder, perturb, save_model, toy_state
-from merge_refs import flat, keep_magnitude, ref_gta, ref_linear
+from merge_refs import (flat, keep_magnitude, lines_scalings, mergekit_gradient, mergekit_t,
+                        ref_gta, ref_linear, ref_slerp)
 from mergezoo.merge import LiNeS, merge_models, merge_sources, open_source
 from mergezoo.errors import RecipeError
 
-LAYER_POS = {  # where each toy tensor sits: embeddings 0, layers l/(L-1), norm and head 1
-    "model.embed_tokens.weight": 0.0,
-    "model.layers.0.mlp.weight": 0.0, "model.layers.0.attn.weight": 0.0,
-    "model.layers.1.mlp.weight": 0.5, "model.layers.1.attn.weight": 0.5,
-    "model.layers.2.mlp.weight": 1.0, "model.layers.2.attn.weight": 1.0,
-    "model.norm.weight": 1.0, "lm_head.weight": 1.0,
-}
+# Where mergekit evaluates each toy tensor's gradient (t): layers l/(L-1), all else 0.
+LAYER_POS = {key: mergekit_t(key, 3) for key in toy_state(0)}
 
 
 def close(a, b, atol=1e-5):
@@ -54,6 +50,19 @@ def test_ties_merge_matches_reference_for_every_tensor(toy_zoo):
         kept = [keep_magnitude(flat(m - base), d) for m, d in zip(models, densities)]
         close(merged[key], ref_gta(base, models, weights, sign_rule="sum", normalize=True,
                                    lambda_=1.2, kept=kept))
+
+
+def test_ties_rescale_through_the_engine_matches_mergekit_l1(toy_zoo):
+    densities = [0.3, 0.5, 0.8]
+    _, merged = run(toy_zoo, "ties", params={"rescale": True, "int8_mask": True},
+                    model_params=[{"density": d} for d in densities])
+    for key, base in toy_zoo["base_state"].items():
+        models = [e[key] for e in toy_zoo["expert_states"]]
+        deltas = [flat(m - base) for m in models]
+        kept = [keep_magnitude(d, rho) for d, rho in zip(deltas, densities)]
+        scale = [sum(map(abs, d)) / sum(abs(d[j]) for j in k) for d, k in zip(deltas, kept)]
+        close(merged[key], ref_gta(base, models, [1.0] * 3, sign_rule="sum", normalize=True,
+                                   kept=kept, scale=scale))
 
 
 def test_average_without_base_matches_weighted_mean(toy_zoo):
@@ -92,7 +101,9 @@ def test_ties_trim_scope_model_uses_one_threshold_per_expert(toy_zoo):
     for e in toy_zoo["expert_states"]:
         mags = sorted((abs(x - b) for k in keys for x, b in zip(flat(e[k]), base_flat[k])),
                       reverse=True)
-        thresholds.append(mags[int(density * len(mags)) - 1])
+        # The paper's code: the (n - int(density n))-th smallest magnitude, i.e. the
+        # (int(density n) + 1)-th largest, and every entry at least that large.
+        thresholds.append(mags[int(density * len(mags))])
     kept_fraction = []
     for key in keys:
         base = toy_zoo["base_state"][key]
@@ -106,6 +117,42 @@ def test_ties_trim_scope_model_uses_one_threshold_per_expert(toy_zoo):
                                    kept=kept))
     # a whole-model threshold keeps different fractions of different tensors
     assert max(kept_fraction) - min(kept_fraction) > 0.05
+
+
+def paper_ties(task_vectors: torch.Tensor, density: float, lam: float) -> torch.Tensor:
+    """The TIES paper's ties_merging on [tasks, all parameters], in float64: keep per task
+    every entry whose magnitude is at least the (n - int(density n))-th smallest; elect
+    sign(sum), a zero sum taking the sign held by most entries (sign of the sum of the elected
+    signs); average the entries of the elected sign (dis-mean); times lambda."""
+    n = task_vectors.shape[1]
+    kth = n - int(density * n)
+    thresholds = task_vectors.abs().sort(dim=1).values[:, kth - 1:kth]
+    trimmed = task_vectors * (task_vectors.abs() >= thresholds)
+    signs = trimmed.sum(0).sign()
+    signs[signs == 0] = signs.sum().sign()
+    agree = torch.where(signs > 0, trimmed > 0, trimmed < 0)
+    picked = trimmed * agree
+    return lam * picked.sum(0) / (picked != 0).sum(0).clamp(min=1)
+
+
+@pytest.mark.parametrize("density", [0.2, 0.35])
+def test_ties_trim_scope_model_is_the_papers_code(toy_zoo, density):
+    """Against the paper's procedure on the whole flattened model (number of entries kept
+    included). Its zero-vote rule (a zero sign sum takes the model-wide majority sign) is
+    the one place mergezoo differs (a tie goes +1): with random task vectors no vote sums to
+    exactly zero, which the assertion below checks."""
+    _, merged = run(toy_zoo, "ties", params={"density": density, "trim_scope": "model",
+                                             "lambda": 1.1})
+    keys = list(toy_zoo["base_state"])
+    base = torch.cat([toy_zoo["base_state"][k].double().reshape(-1) for k in keys])
+    tvs = torch.stack([torch.cat([e[k].double().reshape(-1) for k in keys]) - base
+                       for e in toy_zoo["expert_states"]])
+    expect = base + paper_ties(tvs, density, 1.1)
+    got = torch.cat([merged[k].double().reshape(-1) for k in keys])
+    torch.testing.assert_close(got, expect, atol=1e-5, rtol=1e-5)
+    kth = tvs.shape[1] - int(density * tvs.shape[1])
+    thr = tvs.abs().sort(dim=1).values[:, kth - 1:kth]
+    assert bool(((tvs * (tvs.abs() >= thr)).sum(0) != 0).any())
 
 
 def test_ties_trim_scope_model_differs_from_tensor_scope(tmp_path):
@@ -123,7 +170,8 @@ def test_ties_trim_scope_model_differs_from_tensor_scope(tmp_path):
     per_tensor = load_folder(tmp_path / "tensor")
     whole = load_folder(tmp_path / "model")
     assert int((per_tensor["b.weight"] != 0).sum()) == 32
-    assert int((whole["b.weight"] != 0).sum()) == 0
+    # the paper keeps int(0.5 * 128) + 1 = 65 entries: all 64 of a and the largest of b
+    assert int((whole["b.weight"] != 0).sum()) == 1
     assert int((whole["a.weight"] != 0).sum()) == 64
 
 
@@ -133,17 +181,19 @@ def test_lines_scales_each_layer_task_vector(toy_zoo):
     alpha, beta = 0.2, 0.6
     _, merged = run(toy_zoo, "task_arithmetic", lines=LiNeS(alpha, beta),
                     params={"lambda": 0.5})
+    scales = lines_scalings(list(toy_zoo["base_state"]), alpha, beta, num_blocks=3)
+    assert scales["lm_head.weight"] == scales["model.norm.weight"] == alpha  # outside the blocks
     for key, base in toy_zoo["base_state"].items():
         tv = sum(e[key] - base for e in toy_zoo["expert_states"]) * 0.5
-        scale = alpha + beta * LAYER_POS[key]
-        close(merged[key], base + scale * tv)
+        close(merged[key], base + scales[key] * tv)
 
 
 def test_lines_with_ties(toy_zoo):
     _, plain = run(toy_zoo, "ties", out="plain", params={"density": 0.5})
     _, scaled = run(toy_zoo, "ties", out="lines", params={"density": 0.5}, lines=LiNeS(0.1, 0.9))
+    scales = lines_scalings(list(toy_zoo["base_state"]), 0.1, 0.9, num_blocks=3)
     for key, base in toy_zoo["base_state"].items():
-        close(scaled[key] - base, (0.1 + 0.9 * LAYER_POS[key]) * (plain[key] - base))
+        close(scaled[key] - base, scales[key] * (plain[key] - base))
 
 
 def test_lines_refused_for_methods_without_task_vector(toy_zoo):
@@ -156,12 +206,23 @@ def test_gradient_setting_interpolates_over_layers(toy_zoo):
     gradient = [0.0, 1.0, 0.5]
     _, merged = run(toy_zoo, "task_arithmetic", params={"lambda": gradient})
     for key, base in toy_zoo["base_state"].items():
-        pos = LAYER_POS[key]
-        scaled = pos * 2
-        lo = min(int(scaled), 1)
-        lam = (1 - (scaled - lo)) * gradient[lo] + (scaled - lo) * gradient[lo + 1]
+        lam = mergekit_gradient(gradient, mergekit_t(key, 3))
         tv = sum(e[key] - base for e in toy_zoo["expert_states"])
         close(merged[key], base + lam * tv)
+
+
+def test_gradient_puts_head_and_final_norm_at_its_start_like_mergekit(toy_zoo):
+    """slerp with t: [0, 0.5, 1]: mergekit plans the weights after the last layer (lm_head,
+    the final norm) with t = 0, so they are the first model's (the base's), not the other's."""
+    _, merged = run(toy_zoo, "slerp", experts=toy_zoo["experts"][:1],
+                    params={"t": [0.0, 0.5, 1.0]})
+    base, expert = toy_zoo["base_state"], toy_zoo["expert_states"][0]
+    for key in base:
+        t = mergekit_gradient([0.0, 0.5, 1.0], mergekit_t(key, 3))
+        close(merged[key], ref_slerp(t, base[key], expert[key]))
+    for key in ("lm_head.weight", "model.norm.weight", "model.embed_tokens.weight"):
+        close(merged[key], base[key])
+    close(merged["model.layers.2.mlp.weight"], expert["model.layers.2.mlp.weight"])
 
 
 def test_filter_rules_pick_the_first_matching_rule(toy_zoo):

@@ -270,6 +270,28 @@ def test_recipe_unknown_field_inside_a_model_entry():
         MergeRecipe.from_yaml("merge_method: ties\nmodels:\n  - model: a\n    weigth: 1\n")
 
 
+def test_mergekit_recipe_fields_honoured_or_refused_by_name():
+    """A real mergekit recipe: tokenizer_source: base, int8_mask and rescale on ties, della:
+    honoured; the fields mergezoo cannot honour are refused by name."""
+    text = ("merge_method: {method}\nbase_model: org/base\nmodels:\n  - model: org/a\n"
+            "    parameters: {{weight: 1.0, density: 0.5}}\n"
+            "parameters: {{int8_mask: true, {extra}}}\ntokenizer_source: base\ndtype: bfloat16\n")
+    from mergezoo.merge import get_method
+    for method, extra in [("ties", "rescale: true"), ("della", "epsilon: 0.1"),
+                          ("della_linear", "rescale: false")]:
+        recipe = MergeRecipe.from_yaml(text.format(method=method, extra=extra))
+        assert recipe.tokenizer_source == "base"
+        get_method(recipe.merge_method).resolve(recipe.parameters,
+                                               [m.parameters for m in recipe.models], 1)
+    for field, value in [("tokenizer_source", "union"), ("tokenizer", "{source: union}"),
+                         ("chat_template", "chatml"), ("modules", "{}")]:
+        with pytest.raises(RecipeError, match=field):
+            MergeRecipe.from_yaml(f"merge_method: ties\nbase_model: b\nmodels: [a]\n"
+                                  f"{field}: {value}\n")
+    with pytest.raises(RecipeError, match="tokenizer_source"):  # base needs a base model
+        MergeRecipe.from_yaml("merge_method: average\nmodels: [a]\ntokenizer_source: base\n")
+
+
 def test_recipe_mergekit_slices_refused_clearly():
     with pytest.raises(RecipeError, match="slices"):
         MergeRecipe.from_yaml("merge_method: ties\nslices: []\n")

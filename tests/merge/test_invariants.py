@@ -40,6 +40,7 @@ IDENTICAL = [
     ("model_stock", {}, None, True),
     ("multislerp", {}, None, False),
     ("multislerp", {}, None, True),
+    ("karcher", {}, None, False),
     ("consensus", {"k": 2}, [{"weight": 1 / 3}] * 3, True),
 ]
 
@@ -109,7 +110,7 @@ def test_merges_do_not_modify_their_inputs():
     _, e2 = sample(11)
     copies = [base.clone(), e1.clone(), e2.clone()]
     for method in ["task_arithmetic", "ties", "dare_ties", "breadcrumbs", "model_stock",
-                   "consensus", "multislerp"]:
+                   "consensus", "multislerp", "karcher"]:
         call_method(method, base, [e1, e2])
         for before, after in zip(copies, [base, e1, e2]):
             assert torch.equal(before, after), method

@@ -4,6 +4,7 @@ method's fused form gives the bytes of its torch function is in test_slicing.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def test_a_non_finite_input_fails_the_slice_even_where_it_would_not_reach_the_ou
     target[4321] = float("inf") if where == "base" else float("nan")
     plan = kernels.Combine.linear([1.0, 1.0])
     if where == "dropped":  # drop everything of that expert: its NaN never reaches the sum
-        plan = kernels.Combine.linear([1.0, 0.0]).dropped([1.0, 1e-6], [1, 2], rescale=False)
+        # (a keep threshold of 0, which no recipe density gives: those are refused)
+        plan = dataclasses.replace(kernels.Combine.linear([1.0, 0.0]).dropped(
+            [1.0, 0.5], [1, 2], rescale=False), drop_below=np.asarray([-1, 0], np.int64))
     out = np.empty(n, np.float32)
     assert not kernels.merge_slice(plan, base.numpy(), [e.numpy() for e in experts], out,
                                    offset=0)

@@ -55,6 +55,9 @@ CASES = {
     "consensus": ([0, 1, 2], {"k": 2, "mask_lambda": 0.4, "lambda": 0.8}, None, 0),
     "dare_linear": ([0, 1, 2], {"density": 0.5, "lambda": 1.3}, None, 7),
     "dare_ties": ([0, 1, 2], {"density": 0.3}, None, 3),
+    "della": ([0, 1, 2], {"density": 0.5, "epsilon": 0.2, "lambda": 0.9}, None, 4),
+    "della_linear": ([0, 1], {"density": 0.4, "epsilon": 0.1}, None, 5),
+    "karcher": ([0, 1, 2], {"max_iter": 5}, [{"weight": 1.0}, {"weight": 2.0}, {"weight": 3.0}], 0),
     "model_stock": ([0, 1, 2], {"filter_wise": True}, None, 0),
     "multislerp": ([0, 1, 2], {}, [{"weight": 1.0}, {"weight": 2.0}, {"weight": 3.0}], 0),
     "slerp": ([1], {"t": 0.3}, None, 0),
@@ -64,6 +67,7 @@ CASES = {
 # Settings that exercise more of the engine: whole-model trimming, per-layer gradients.
 EXTRA = {
     "ties/model": ("ties", [0, 1, 2], {"density": 0.3, "trim_scope": "model"}, None, 0),
+    "ties/rescale": ("ties", [0, 1, 2], {"density": 0.3, "rescale": True, "lambda": 0.8}, None, 0),
     "ties/gradient": ("ties", [0, 2], {"density": [0.2, 0.9], "lambda": [0.5, 1.5]}, None, 0),
     "average/no-base": ("average", [0, 1], {}, None, 0),
 }

@@ -66,7 +66,8 @@ CASES = [("average", {"weight": 2.0}), ("task_arithmetic", {"lambda": 0.7}),
          ("breadcrumbs", {"density": 0.7, "gamma": 0.05}),
          ("breadcrumbs_ties", {"density": 0.5, "gamma": 0.2, "lambda": 1.2}),
          ("breadcrumbs", {"density": 1.0, "gamma": 0.1}),
-         ("breadcrumbs", {"density": 1e-7, "gamma": 0.01})]  # keeps nothing
+         ("breadcrumbs", {"density": 1e-7, "gamma": 0.01}),  # keeps nothing
+         ("model_stock", {}), ("model_stock", {"filter_wise": True})]
 
 
 @pytest.mark.parametrize("method,params", CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
@@ -139,7 +140,7 @@ def test_only_position_wise_methods_are_elementwise():
     """Methods that look at whole tensors (top-k, norms, angles) must get whole tensors."""
     elementwise = {m.name for m in list_methods() if m.elementwise}
     assert elementwise == {"average", "task_arithmetic", "ties", "dare_linear", "dare_ties",
-                           "consensus", "breadcrumbs", "breadcrumbs_ties"}
+                           "consensus", "breadcrumbs", "breadcrumbs_ties", "model_stock"}
 
 
 def test_top_k_cut_applied_slice_by_slice_is_the_exact_top_k():

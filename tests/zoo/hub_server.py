@@ -7,7 +7,7 @@ commits, resolve (HEAD and ranged GET with the headers the client reads), preupl
 API and uploads, and NDJSON commits (with pull requests). Repos live in memory.
 
 Tests can also seed repos without HTTP (`HubState.add_repo`), inject faults (`HubState.add_fault`:
-a status code, or a connection closed in the middle of a file) and read the request log
+a status code, a connection closed in the middle of a file, or a slow body) and read the request log
 (`HubState.requests`) to assert what the client did or did not fetch.
 
 Example:
@@ -131,7 +131,7 @@ class Fault:
     """A planned failure: requests whose decoded path matches `path` (a regex searched in it)."""
 
     path: str
-    kind: str = "status"             # "status" | "close" (close the connection mid-body)
+    kind: str = "status"             # "status" | "close" (close the connection mid-body) | "slow"
     status: int = 500
     method: str | None = None        # e.g. "GET"; None: any method
     times: int | None = None         # how many requests it hits; None: all of them
@@ -442,6 +442,8 @@ def create_app(state: HubState) -> FastAPI:
                     response = getattr(handlers, name)(request, body, **params)
                     if fault is not None and fault.kind == "close":
                         response = _close_mid_body(response, request.headers.get("range"))
+                    if fault is not None and fault.kind == "slow":
+                        response = _slow_body(response)
                     break
             else:
                 raise HubError(404, None, f"no route for {method} {decoded}")
@@ -470,6 +472,27 @@ def _close_mid_body(response: Response, range_header: str | None) -> Response:
         raise ConnectionAbortedError("injected fault: connection closed in the middle of a file")
 
     return StreamingResponse(stream(), status_code=response.status_code, headers=headers)
+
+
+SLOW_CHUNK, SLOW_PAUSE = 256 * 1024, 0.05  # a "slow" fault sends 5 MB/s
+
+
+def _slow_body(response: Response) -> Response:
+    """Send the body a little at a time (a slow link), to interrupt a download in the middle."""
+    if not isinstance(response, Response) or response.status_code not in (200, 206) \
+            or not getattr(response, "body", b""):
+        return response
+    body = response.body
+
+    async def stream():
+        import asyncio
+
+        for i in range(0, len(body), SLOW_CHUNK):
+            yield body[i:i + SLOW_CHUNK]
+            await asyncio.sleep(SLOW_PAUSE)
+
+    return StreamingResponse(stream(), status_code=response.status_code,
+                             headers=dict(response.headers))
 
 
 class _Handlers:

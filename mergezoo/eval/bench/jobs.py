@@ -110,8 +110,7 @@ class BenchContext:
                 model = bench.ensemble([bench.load_model(experts[i]) for i in job.experts])
             else:
                 raise BenchmarkError(f"unknown job kind {job.kind!r}")
-            scores = {c: float(bench.score(model, bench.dataset(c, job.split), bench.cell(c)))
-                      for c in job.cells}
+            scores = bench.score_cells(model, job.split, job.cells)
         return {"scores": scores, "seconds": time.perf_counter() - start}
 
 

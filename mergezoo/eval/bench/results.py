@@ -46,6 +46,7 @@ class _Rows:
         self.multitask = ({k: stats.mean_ci([self._mean(m, k) for m in mt])[0]
                            for k in ("held_in", "held_out")} if mt else {})
         self.excluded: set[str] = set()
+        self.min_gap = float(getattr(run.bench, "min_normalising_gap", stats.MIN_GAP))
 
     def _mean(self, scores: dict[str, float], which: str) -> float | None:
         cells = [c for c in getattr(self.run, which) if c in scores]
@@ -59,11 +60,13 @@ class _Rows:
         for scores, seed in zip(per_seed, seeds):
             own = self.own.get(seed) or self.own[self.run.seeds[0]]
             value, excluded = stats.normalised(scores, self.base, own,
-                                               [c for c in self.run.held_in if c in scores])
+                                               [c for c in self.run.held_in if c in scores],
+                                               self.min_gap)
             norm_in.append(value)
             self.excluded.update(excluded)
             value, excluded = stats.normalised(scores, self.base, self.oracle,
-                                               [c for c in self.run.held_out if c in scores])
+                                               [c for c in self.run.held_out if c in scores],
+                                               self.min_gap)
             norm_out.append(value)
             self.excluded.update(excluded)
         row: dict[str, Any] = {"kind": kind, "method": method}
@@ -74,9 +77,9 @@ class _Rows:
             row[f"{name}_ci"] = [_round(ci[0]), _round(ci[1])] if ci else None
         base_in, base_out = self._mean(self.base, "held_in"), self._mean(self.base, "held_out")
         row["held_in_vs_multitask"] = _round(stats.ratio_of_means(
-            row["held_in"], base_in, self.multitask.get("held_in")))
+            row["held_in"], base_in, self.multitask.get("held_in"), self.min_gap))
         row["held_out_vs_multitask"] = _round(stats.ratio_of_means(
-            row["held_out"], base_out, self.multitask.get("held_out")))
+            row["held_out"], base_out, self.multitask.get("held_out"), self.min_gap))
         cells = sorted({c for s in per_seed for c in s}, key=self.run.cells.index)
         row["per_cell"] = {c: _round(stats.mean_ci([s[c] for s in per_seed if c in s])[0])
                            for c in cells}
@@ -158,7 +161,7 @@ def assemble(run: Any, methods: list[Any], baselines: dict[str, Any], tuned: dic
                   for c in bench.cells],
         "closest_expert": closest,
         "zoo": {"path": str(zoo.root), "definition_hash": zoo.definition_hash},
-        "normalisation": {"min_gap": stats.MIN_GAP, "excluded": sorted(rows.excluded)},
+        "normalisation": {"min_gap": rows.min_gap, "excluded": sorted(rows.excluded)},
         "rows": out,
         "correlation": {"method": "spearman", "over": "merge rows", "rho": _round(rho),
                         "p_value": _round(p), "n": len(merges)},
@@ -186,6 +189,7 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     the experts beat the base on their own cells."""
     merges = _rows(results, "merge")
     base, experts = _row(results, "base"), _row(results, "experts")
+    min_gap = results["normalisation"]["min_gap"]
     best = max(merges, key=lambda r: r["held_in_normalised"] or -1e9, default=None)
     out = []
     if best is not None:
@@ -210,10 +214,10 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 any(x["name"] == c and x["held_in"] for x in results["cells"])}
         smallest = min(gaps.items(), key=lambda kv: kv[1]) if gaps else None
         out.append({"check": "the experts are clearly better than the base on their own cells "
-                             f"(every gap >= {stats.MIN_GAP})",
+                             f"(every gap >= {min_gap})",
                     "value": (f"held-in {base['held_in']} -> {experts['held_in']}; smallest "
                               f"gap {smallest[0]} {smallest[1]:+.3f}") if smallest else "n/a",
-                    "passed": bool(gaps) and smallest[1] >= stats.MIN_GAP})
+                    "passed": bool(gaps) and smallest[1] >= min_gap})
     return out
 
 

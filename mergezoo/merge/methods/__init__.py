@@ -5,6 +5,7 @@ from mergezoo.merge.methods import (  # noqa: F401
     breadcrumbs,
     consensus,
     dare,
+    della,
     model_stock,
     slerp,
     task_arithmetic,

@@ -85,7 +85,7 @@ _COMMON = dict(needs=Needs(base=True), per_model=("weight", "density", "gamma"),
 
 @merge_method("breadcrumbs", paper="https://arxiv.org/abs/2312.06795", fused=_fused(None),
               **_COMMON)
-def breadcrumbs(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.9,
+def breadcrumbs(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 1.0,
                 gamma: list[float] = 0.01, lambda_: float = 1.0,
                 normalize: bool = False) -> torch.Tensor:
     """Remove the top-`gamma` fraction of each task vector by magnitude and the smallest entries
@@ -96,7 +96,7 @@ def breadcrumbs(x: MergeInputs, *, weight: list[float] = 1.0, density: list[floa
 
 @merge_method("breadcrumbs_ties", paper="https://arxiv.org/abs/2312.06795",
               fused=_fused("sum"), **_COMMON)
-def breadcrumbs_ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 0.9,
+def breadcrumbs_ties(x: MergeInputs, *, weight: list[float] = 1.0, density: list[float] = 1.0,
                      gamma: list[float] = 0.01, lambda_: float = 1.0,
                      normalize: bool = False) -> torch.Tensor:
     """Breadcrumbs masking, then TIES sign election and disjoint merge."""

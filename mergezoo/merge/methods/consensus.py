@@ -10,8 +10,10 @@ from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
 
 
 def tall_masks(deltas: torch.Tensor, multitask: torch.Tensor, mask_lambda: float) -> torch.Tensor:
-    """TALL mask per task: the entries where |tau_t| >= mask_lambda * |tau_MTL - tau_t|."""
-    return deltas.abs() >= mask_lambda * (multitask.unsqueeze(0) - deltas).abs()
+    """TALL mask per task: the entries where |tau_t| > mask_lambda * |tau_MTL - tau_t|, strictly,
+    as the official code (`generate_task_masks`); at mask_lambda 0 a task votes for exactly
+    the entries its task vector changes."""
+    return deltas.abs() > mask_lambda * (multitask.unsqueeze(0) - deltas).abs()
 
 
 @merge_method("consensus", paper="https://arxiv.org/abs/2405.07813", needs=Needs(base=True, min_models=2),
@@ -24,7 +26,7 @@ def tall_masks(deltas: torch.Tensor, multitask: torch.Tensor, mask_lambda: float
                      "mask_lambda": "TALL mask threshold"})
 def consensus(x: MergeInputs, *, weight: list[float] = 1.0, lambda_: float = 1.0, k: int = 2,
               mask_lambda: float = 0.4) -> torch.Tensor:
-    """tau_MTL = sum_t w_t tau_t; m_t = |tau_t| >= mask_lambda |tau_MTL - tau_t|;
+    """tau_MTL = sum_t w_t tau_t; m_t = |tau_t| > mask_lambda |tau_MTL - tau_t|;
     theta = theta_0 + lambda * [sum_t m_t >= k] * tau_MTL."""
     deltas = [d.reshape(-1) for d in x.deltas]
     merged = torch.empty(x.deltas[0].shape, dtype=deltas[0].dtype, device=deltas[0].device)

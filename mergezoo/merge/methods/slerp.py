@@ -1,5 +1,6 @@
 """Spherical interpolation: SLERP between two models (Shoemake, 1985; as popularised by
-mergekit) and its many-model form, the weighted spherical (Karcher) mean (Buss & Fillmore, 2001)."""
+mergekit), and two many-model forms as mergekit has them: `multislerp` (one tangent-space step)
+and `karcher` (the iterated spherical mean, Buss & Fillmore, 2001)."""
 
 from __future__ import annotations
 
@@ -29,52 +30,113 @@ def slerp(x: MergeInputs, *, t: float = 0.5) -> torch.Tensor:
     return slerp_pair(t, v0, v1)
 
 
-def spherical_mean(vectors: torch.Tensor, weights: torch.Tensor, *, iterations: int = 20,
-                   tol: float = 1e-6, eps: float = 1e-8) -> torch.Tensor:
-    """Weighted Karcher mean of the rows of `vectors` seen as directions, times the weighted mean
-    of their norms. For two rows with weights (1 - t, t) and equal norms it equals slerp(t)."""
-    norms = vectors.norm(dim=1, keepdim=True)
-    units = vectors / norms.clamp_min(eps)
-    mean = (weights[:, None] * units).sum(0)
-    if mean.norm() < eps:  # opposite directions: no unique spherical mean
-        return (weights[:, None] * vectors).sum(0)
-    mean = mean / mean.norm()
-    previous = float("inf")
-    for _ in range(iterations):
-        cos = (units @ mean).clamp(-1.0, 1.0)
-        theta = torch.arccos(cos)
-        scale = torch.where(theta > eps, theta / torch.sin(theta).clamp_min(eps), torch.ones_like(theta))
-        tangent = (weights * scale)[:, None] * (units - cos[:, None] * mean)
-        step = tangent.sum(0)
-        length = step.norm()
-        # Stop when converged, or when float32 rounding stops the steps from shrinking.
-        if length < tol or length > 0.9 * previous:
+def karcher_mean(vectors: torch.Tensor, alphas: list[float], *, max_iter: int = 10,
+                 tol: float = 1e-5) -> torch.Tensor:
+    """mergekit's `karcher_merge_tensors` on the rows of `vectors`: the weighted Riemannian
+    mean of their directions (rows of norm <= tol take no part), by at most `max_iter`
+    exponential-map steps from the normalised weighted mean of the unit rows, times
+    sum_i alpha_i |v_i| (over every row)."""
+    norms = vectors.float().norm(dim=1)
+    valid = [i for i in range(vectors.shape[0]) if float(norms[i]) > tol]
+    if not valid:
+        return torch.zeros_like(vectors[0])
+    units = vectors[valid] / norms[valid, None].to(vectors.dtype)
+    total = sum(alphas[i] for i in valid)
+    a = torch.tensor([alphas[i] / total for i in valid], dtype=vectors.dtype,
+                     device=vectors.device)
+    u = (a[:, None] * units).sum(0)
+    length = float(u.float().norm())
+    u = units[0].clone() if length < tol else u / length
+    for _ in range(max_iter):
+        dots = (units @ u).clamp(-1.0, 1.0)
+        theta = torch.arccos(dots)
+        moving = theta >= tol  # mergekit skips the points the mean already sits on
+        factor = torch.where(moving, a * theta / torch.sin(theta), torch.zeros_like(theta))
+        step = (factor[:, None] * (units - dots[:, None] * u)).sum(0)
+        step_norm = step.float().norm()
+        if float(step_norm) < tol:
             break
-        previous = float(length)
-        mean = torch.cos(length) * mean + torch.sin(length) * step / length
-        mean = mean / mean.norm()
-    return mean * (weights * norms.squeeze(1)).sum()
+        u = torch.cos(step_norm) * u + torch.sin(step_norm) * (step / step_norm)
+        u_norm = u.float().norm()
+        if float(u_norm) > tol:
+            u = u / u_norm
+    scale = sum(alpha * float(n) for alpha, n in zip(alphas, norms))
+    return scale * u
 
 
 def _check_weights(kwargs: dict) -> None:
     weights = kwargs["weight"]
-    if all(isinstance(w, (int, float)) for w in weights) and sum(weights) <= 0:
-        raise ValueError(f"the model weights {weights} must not all be zero")
+    if kwargs.get("normalize_weights", True) and \
+            all(isinstance(w, (int, float)) for w in weights) and sum(weights) == 0:
+        raise ValueError(f"the model weights {weights} must not sum to zero")
 
 
-@merge_method("multislerp", paper="https://doi.org/10.1145/502122.502124",
-              needs=Needs(base="optional", min_models=2), returns="weights", per_model=("weight",),
-              ranges={"weight": Interval(0, float("inf"))}, grid={},
+@merge_method("multislerp", paper="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
+              needs=Needs(base="optional", min_models=1), returns="weights",
+              per_model=("weight",), ranges={"weight": Interval()}, grid={},
               aliases=("multi_slerp",), check=_check_weights,
-              helps={"weight": "relative weight of each model on the sphere"})
-def multislerp(x: MergeInputs, *, weight: list[float] = 1.0) -> torch.Tensor:
-    """Weighted spherical mean of N models (of their task vectors when a base is given): the
-    Karcher mean of the directions, scaled by the weighted mean norm, plus the base."""
-    total = sum(weight)
-    if total <= 0:
-        raise ValueError("multislerp weights must not all be zero")
+              helps={"weight": "relative weight of each model on the sphere",
+                     "normalize_weights": "divide the weights by their sum"})
+def multislerp(x: MergeInputs, *, weight: list[float] = 1.0,
+               normalize_weights: bool = True) -> torch.Tensor:
+    """mergekit's `multislerp`: barycentric interpolation on the hypersphere in one step.
+    The unit vectors of the models (of their task vectors, when a base is given) are projected
+    onto the tangent space at their normalised weighted mean, averaged there with the weights,
+    mapped back by the exponential map, scaled by the weighted mean norm, plus the base."""
+    if len(x.models) == 1:  # nothing to interpolate (mergekit returns the model)
+        return x.models[0]
+    eps = 1e-8
     vectors = x.deltas if x.base is not None else x.models
-    w = torch.tensor([v / total for v in weight], dtype=vectors[0].dtype, device=vectors[0].device)
     flat = torch.stack([v.reshape(-1) for v in vectors])
-    merged = spherical_mean(flat, w).view_as(vectors[0])
+    w = torch.tensor(weight, dtype=flat.dtype, device=flat.device)
+    if normalize_weights:
+        w = w / w.sum()
+    norms = flat.norm(dim=-1, keepdim=True)
+    units = flat / (norms + eps)
+    mean = (units * w.view(-1, 1)).sum(0)
+    mean_norm = mean.norm()
+    if mean_norm < eps:
+        # mergekit mixes two models linearly here and refuses more; where every vector is
+        # zero (a tensor no expert changed) there is nothing to interpolate: mix linearly too.
+        if flat.shape[0] != 2 and bool((norms > eps).any()):
+            raise ValueError("the weighted sum of the unit vectors is zero (antipodal models "
+                             "with balancing weights); use different weights")
+        merged = flat[0] * w[0] + flat[1] * w[1]  # mergekit falls back to a linear mix
+    else:
+        mean = mean / mean_norm
+        dots = (units * mean).sum(-1, keepdim=True)
+        tangent = ((units - dots * mean) * w.view(-1, 1)).sum(0)
+        tangent_norm = tangent.norm() + eps
+        merged = mean * torch.cos(tangent_norm) + tangent * (torch.sin(tangent_norm) / tangent_norm)
+        merged = merged * (norms.squeeze(-1) * w).sum()
+    merged = merged.view_as(vectors[0])
     return merged + x.base if x.base is not None else merged
+
+
+def _check_karcher(kwargs: dict) -> None:
+    weights = kwargs["weight"]
+    if all(isinstance(w, (int, float)) for w in weights) and sum(weights) <= 0:
+        raise ValueError(f"the model weights {weights} must sum to more than zero")
+
+
+@merge_method("karcher", paper="https://en.wikipedia.org/wiki/Karcher_mean",
+              needs=Needs(base="optional", min_models=1), returns="weights",
+              per_model=("weight",), ranges={"weight": Interval(0, float("inf")),
+                                             "max_iter": Interval(1, 10_000),
+                                             "tol": Interval(0, 1)},
+              grid={}, check=_check_karcher,
+              helps={"weight": "relative weight of each model (the base, if given, has 1)",
+                     "max_iter": "most exponential-map steps", "tol": "convergence tolerance"})
+def karcher(x: MergeInputs, *, weight: list[float] = 1.0, max_iter: int = 10,
+            tol: float = 1e-5) -> torch.Tensor:
+    """mergekit's `karcher`: the Riemannian (Karcher) mean of the models' directions on the
+    sphere, scaled by their weighted mean norm. As in mergekit the base, when given, is one more
+    model (of weight 1), and the weights default to equal."""
+    models = ([x.base] if x.base is not None else []) + list(x.models)
+    if len(models) == 1:
+        return models[0]
+    weights = ([1.0] if x.base is not None else []) + list(weight)
+    total = sum(weights)
+    flat = torch.stack([m.reshape(-1) for m in models])
+    return karcher_mean(flat, [w / total for w in weights], max_iter=max_iter,
+                        tol=tol).view_as(models[0])

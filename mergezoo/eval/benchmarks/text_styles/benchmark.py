@@ -31,7 +31,8 @@ import copy
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 from mergezoo.errors import BenchmarkError
 from mergezoo.eval.benchmark import Benchmark
@@ -64,6 +65,15 @@ SIZE_PARAMS: dict[str, dict[str, Any]] = {
                 "multitask": {"steps": 48, "batch_size": 8, "lr": 2e-4}},
 }
 DATA_SEED = 0
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The ensemble of several loaded encoders (`TextStyles.ensemble`): a sentence's class
+    probabilities are the mean of the members' softmax over LOGIT_SCALE * cosine similarity to
+    the task's frozen label embeddings (the same scores the experts were trained on)."""
+
+    members: tuple[Any, ...]
 
 
 class _SentenceTransformerFiles:
@@ -137,11 +147,36 @@ class TextStyles(Benchmark):
         enc.model.float()  # merges may be saved in bf16/fp16; score in float32
         return enc
 
-    def predict(self, model: Encoder, dataset: Dataset, cell: Cell) -> list[int]:
-        from mergezoo.eval.benchmarks.text_styles.model import predict
+    def module(self, model: Encoder) -> Any:
+        """The BertModel inside a loaded `Encoder` (the tokenizer has no weights)."""
+        return model.model
+
+    def ensemble(self, models: Sequence[Any]) -> Ensemble:
+        """Several encoders as one classifier: a sentence's class probabilities are the mean
+        over members of softmax(LOGIT_SCALE * cosine(embedding, frozen label embeddings)), the
+        probabilities each member was trained to output; the prediction is their argmax.
+
+        Example:
+            >>> both = bench.ensemble([bench.load_model(a), bench.load_model(b)])  # doctest: +SKIP
+            >>> bench.score(both, bench.dataset("topic-piglatin"), bench.cell("topic-piglatin"))
+        """
+        members = tuple(m for model in models
+                        for m in (model.members if isinstance(model, Ensemble) else (model,)))
+        if not members:
+            raise BenchmarkError(f"{NAME}: an ensemble needs at least one model")
+        return Ensemble(members)
+
+    def predict(self, model: Encoder | Ensemble, dataset: Dataset, cell: Cell) -> list[int]:
+        import torch
+
+        from mergezoo.eval.benchmarks.text_styles.model import LOGIT_SCALE, embed
 
         labels = self.label_embeddings()[cell.factors["task"]]
-        return [int(p) for p in predict(model, dataset["text"], labels)]
+        texts = list(dataset["text"])
+        members = model.members if isinstance(model, Ensemble) else (model,)
+        probs = torch.stack([torch.softmax(LOGIT_SCALE * embed(m, texts) @ labels.T, -1)
+                             for m in members]).mean(0)
+        return [int(p) for p in probs.argmax(-1)]
 
     # -- the zoo ----------------------------------------------------------------------------
     def _recipe(self, kind: str, seed: int, cells: list[str]) -> TrainRecipe:
