@@ -1,7 +1,7 @@
 """What the Space does with one kind of model: load it, put merged weights into it, and run it.
 
-A handler wraps a built-in benchmark's own helpers (its `load_model`, `with_weights`,
-preprocessing and `generate`), so the Space runs a model exactly as the benchmark scores it:
+A handler wraps a built-in benchmark's own helpers (its `load_model`, `module` and
+`with_weights`, preprocessing and sampler), so the Space runs a model exactly as the benchmark scores it:
 
 - `ImageClassifierHandler` (digits-domains): a grey image in, label probabilities out;
 - `TextClassifierHandler` (text-styles): a sentence and a task in, label probabilities out;
@@ -84,13 +84,6 @@ class TextClassifierHandler(Handler):
 
     kind = TEXT_CLASSIFICATION
 
-    def module(self, model: Any) -> Any:
-        return model.model  # an Encoder (tokenizer + BertModel): the BertModel's weights merge
-
-    def with_weights(self, model: Any, state_dict: dict[str, Any]) -> Any:
-        self.bench.with_weights(model.model, state_dict)
-        return model
-
     @property
     def tasks(self) -> list[str]:
         return list(self.bench.factors["task"])
@@ -110,8 +103,9 @@ class TextClassifierHandler(Handler):
 
 
 class GeneratorHandler(Handler):
-    """digits-diffusion: the benchmark's `generate` (DDIM, its number of steps), one image per
-    requested digit, shown enlarged."""
+    """digits-diffusion: the benchmark's sampler (`model.sample`, deterministic DDIM with the
+    benchmark's number of steps, as its scoring samples), one image per requested digit,
+    shown enlarged."""
 
     kind = IMAGE_GENERATION
 
@@ -125,7 +119,12 @@ class GeneratorHandler(Handler):
 
         if style not in self.styles:
             raise SpaceInputError(f"style {style!r} is not one of {self.styles}")
-        images = self.bench.generate(model, [int(digit)] * n, style, int(seed))
+        import torch
+
+        from mergezoo.eval.benchmarks.digits_diffusion.model import sample
+
+        images = sample(model, torch.tensor([int(digit)] * n), [style] * n,
+                        steps=self.bench.spec.params["sample_steps"], seed=int(seed))
         out = []
         for img in images:
             arr = (img[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)

@@ -312,18 +312,16 @@ class Playground:
 
     def evaluate(self, spec: MergeSpec, split: str = "test",
                  progress: Progress | None = None) -> dict[str, Any]:
-        """The merge's score on every cell of the benchmark's `split` (its own data), with the
-        held-in / held-out means (`Benchmark.summarize`)."""
+        """The merge's score on every cell of the benchmark's `split`
+        (`Benchmark.score_cells`, the benchmark's own data and metric), with the held-in /
+        held-out means (`Benchmark.summarize`)."""
         from mergezoo.eval.training import torch_threads
 
-        per_cell = {}
         with self._lock, torch_threads(self.bench.eval_threads):
             model = self.merged_model(spec)
-            for i, cell in enumerate(self.bench.cells):
-                if progress:
-                    progress(i / len(self.bench.cells), f"scoring {cell.name}")
-                per_cell[cell.name] = float(self.bench.score(model, self._dataset(cell.name, split),
-                                                             cell))
+            if progress:
+                progress(0.1, f"scoring {len(self.bench.cells)} cells ({split} split)")
+            per_cell = {k: float(v) for k, v in self.bench.score_cells(model, split).items()}
         return {"per_cell": per_cell, **self.bench.summarize(per_cell),
                 "held_in_cells": [c.name for c in self.bench.held_in_cells]}
 

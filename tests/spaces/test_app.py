@@ -28,7 +28,7 @@ def _classify(client, zoo, image, experts):
 def test_classify_merge_beside_base_and_experts(client, tiny_playgrounds):
     pg = tiny_playgrounds[0]
     experts = pg.expert_labels[:3]
-    example, _ = client.predict(pg.name, "group1-rotated", api_name="/example")
+    example, _ = client.predict(pg.name, pg.bench.held_in_cells[1].name, api_name="/example")
 
     # lambda 0: the merge IS the base, so its probabilities are the base's
     status = _merge(client, pg.name, experts, "task_arithmetic", {"lambda": 0.0})
@@ -54,7 +54,7 @@ def test_ui_sliders_change_the_merge(client, space_url, tiny_playgrounds):
     give two different merges, and different classifier outputs."""
     app = space_url[1].space_app
     pg = tiny_playgrounds[0]
-    example, _ = client.predict(pg.name, "group0-inverted", api_name="/example")
+    example, _ = client.predict(pg.name, pg.bench.held_in_cells[0].name, api_name="/example")
 
     def values(density):
         return [density if (c.method, c.name) == ("ties", "density") else c.value

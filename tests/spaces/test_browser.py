@@ -10,10 +10,12 @@ CHROMIUM = shutil.which("chromium")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_merge_then_classify_an_example_in_the_browser(space_url, tmp_path):
+def test_merge_then_classify_an_example_in_the_browser(space_url, tiny_playgrounds, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     url = space_url[0]
+    pg = tiny_playgrounds[0]
+    cell = pg.bench.held_in_cells[1].name
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
@@ -33,12 +35,12 @@ def test_merge_then_classify_an_example_in_the_browser(space_url, tmp_path):
             page.get_by_role("tab", name="Classifier").click()
             example = page.locator("#example input")
             example.click()
-            page.get_by_role("option", name="group1-rotated", exact=True).click()
+            page.get_by_role("option", name=cell, exact=True).click()
             expect(page.locator("#input-image img")).to_be_visible(timeout=60_000)
             page.get_by_role("button", name="Classify", exact=True).click()
             table = page.locator("#probabilities")
             expect(table).to_contain_text("merge", timeout=120_000)
-            expect(table).to_contain_text("group1-rotated (seed 0)")
+            expect(table).to_contain_text(pg.expert_labels[-1])
             words = table.inner_text().split()
             top = words[words.index("merge") + 1]  # the merge row's "top" column
             assert top in [str(d) for d in range(10)]

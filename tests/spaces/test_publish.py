@@ -32,7 +32,7 @@ def test_publish_pushes_the_merge_with_its_card(hub, client, tiny_playgrounds):
     assert "README.md" in files and "model.safetensors" in files
     card = ModelCard.load(hf_hub_download("org/merged", "README.md", token=WRITE_TOKEN))
     assert {"merge", "mergezoo", "ties"} <= set(card.data.tags)
-    assert "digits-domains-expert-group0-inverted-seed0" in card.text  # inputs named by folder
+    assert pg.expert(experts[0]).path.name in card.text  # inputs named by their zoo folder
     assert "density" in card.text and "org/merged" in card.text
     for name in files:
         path = hf_hub_download("org/merged", name, token=WRITE_TOKEN)
