@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "mergezoo.commands.eval",
     "mergezoo.commands.card",
     "mergezoo.commands.reproduce",
+    "mergezoo.commands.space",
 ]
 
 

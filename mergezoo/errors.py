@@ -111,3 +111,8 @@ class OutputWriteError(MergezooError):
 
 class InvalidRevisionError(MergezooError, ValueError):
     """A revision is not a branch, tag or commit SHA (e.g. it holds `..` or is a path)."""
+
+
+class SpaceInputError(MergezooError, ValueError):
+    """An input of the Gradio Space is invalid: file type or size, text length, number of
+    images, a value out of range, an unknown expert or method."""

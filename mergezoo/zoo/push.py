@@ -111,8 +111,11 @@ def plan_push(folder: str | Path, repo_id: str, *, private: bool = False, create
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False,
                 dry_run: bool = False, overwrite: bool = False, create_pr: bool = False,
                 commit_message: str | None = None, token: str | None = None,
-                require_card: bool = True) -> PushPlan | PushResult:
-    """Push every file of `folder` to `repo_id` in one commit (or return the plan if dry_run)."""
+                require_card: bool = True, repo_type: str = "model",
+                space_sdk: str | None = None) -> PushPlan | PushResult:
+    """Push every file of `folder` to `repo_id` in one commit (or return the plan if dry_run).
+
+    `repo_type="space"` (with `space_sdk`, e.g. "gradio") publishes a Space the same way."""
     plan = plan_push(folder, repo_id, private=private, create_pr=create_pr, overwrite=overwrite,
                      require_card=require_card)
     if dry_run:
@@ -121,7 +124,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False,
         raise HubAccessError(f"{repo_id}: pushing needs a Hub token with write access; none was "
                              "found: set the HF_TOKEN environment variable (or run `hf auth login`)")
     api = hub_api(token)
-    remote = _remote_files(api, repo_id, token)
+    remote = _remote_files(api, repo_id, token, repo_type)
     content = [f for f in (remote or []) if f != ".gitattributes"]
     if content and not (overwrite or create_pr):
         shown = ", ".join(content[:5]) + (f" and {len(content) - 5} more" if len(content) > 5 else "")
@@ -131,7 +134,8 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False,
     if remote is not None and private:
         log.warning("%s exists already; --private does not change its visibility", repo_id)
     with hub_errors(repo_id, token=token, what="creating the repo"):
-        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, token=token,
+                        repo_type=repo_type, space_sdk=space_sdk)
     created = remote is None
     local = {path for path, _ in plan.files}
     operations: list = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(plan.folder / path))
@@ -142,11 +146,11 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False,
     try:
         with hub_errors(repo_id, token=token, what="committing"):
             info = api.create_commit(repo_id, operations, commit_message=message,
-                                     create_pr=create_pr, token=token)
+                                     create_pr=create_pr, token=token, repo_type=repo_type)
     except BaseException:
         if created:  # leave no empty, card-less repo behind
             try:
-                api.delete_repo(repo_id, token=token)
+                api.delete_repo(repo_id, token=token, repo_type=repo_type)
             except (hf_errors.HfHubHTTPError, OSError):
                 log.warning("could not delete the empty repo %s after the failed push", repo_id)
         raise
@@ -155,10 +159,11 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False,
                       created_repo=created)
 
 
-def _remote_files(api, repo_id: str, token: str | None) -> list[str] | None:
+def _remote_files(api, repo_id: str, token: str | None,
+                  repo_type: str = "model") -> list[str] | None:
     """Files of the repo's main branch, or None when the repo does not exist (for this token)."""
     try:
         with hub_errors(repo_id, token=token, what="listing the existing repo"):
-            return api.list_repo_files(repo_id, token=token)
+            return api.list_repo_files(repo_id, token=token, repo_type=repo_type)
     except ModelNotFoundError:
         return None
