@@ -242,6 +242,17 @@ def test_worker_processes_give_the_numbers_of_this_process(digits_tiny):
     assert there == here and len(here) == 3
 
 
+def test_zoo_models_loaded_into_the_template_score_like_from_pretrained(digits_tiny):
+    from mergezoo.eval.bench import BenchContext
+
+    bench, zoo = digits_tiny
+    context = BenchContext(bench, zoo.root)
+    for model in (zoo.models("expert", seed=1)[0], zoo.models("multitask")[0]):
+        job = Job("model", seed=None, split="test", cells=tuple(c.name for c in bench.cells),
+                  model=model.name)
+        assert context.run(job)["scores"] == bench.evaluate(model.path, split="test")
+
+
 def test_job_keys_name_everything_that_defines_a_job():
     a = Job("merge", seed=0, split="validation", cells=("c",), method="ties",
             params=(("lambda", 1.0),), experts=(0, 1))

@@ -88,6 +88,19 @@ class BenchContext:
             self._template = self.benchmark.load_model(self.zoo.model_path("base"))
         return self._template
 
+    def zoo_model(self, name: str) -> Any:
+        """A zoo model ready to score: a full model's single weights file is loaded into the
+        template (`with_weights`, much faster than `from_pretrained` for a tiny model); an
+        adapter, or anything else, through the benchmark's `load_model`."""
+        folder = self.zoo.root / name
+        files = [f for f in ("model.safetensors", "diffusion_pytorch_model.safetensors")
+                 if (folder / f).is_file()]
+        if len(files) != 1 or (folder / "adapter_config.json").exists():
+            return self.benchmark.load_model(folder)
+        from safetensors.torch import load_file
+
+        return self.benchmark.with_weights(self.template(), load_file(str(folder / files[0])))
+
     def merged_model(self, job: Job) -> Any:
         """The merged model of a "merge" job, in memory (the template with merged weights)."""
         tv = self.task_vectors(job.seed).select(list(job.experts))
@@ -104,7 +117,7 @@ class BenchContext:
             if job.kind == "merge":
                 model = self.merged_model(job)
             elif job.kind == "model":
-                model = bench.load_model(self.zoo.root / job.model)
+                model = self.zoo_model(job.model)
             elif job.kind == "ensemble":
                 experts = self.experts(job.seed)
                 model = bench.ensemble([bench.load_model(experts[i]) for i in job.experts])
