@@ -92,14 +92,17 @@ class BenchContext:
         """A zoo model ready to score: a full model's single weights file is loaded into the
         template (`with_weights`, much faster than `from_pretrained` for a tiny model); an
         adapter, or anything else, through the benchmark's `load_model`."""
+        from mergezoo.merge.sources import find_weight_files
+
         folder = self.zoo.root / name
-        files = [f for f in ("model.safetensors", "diffusion_pytorch_model.safetensors")
-                 if (folder / f).is_file()]
-        if len(files) != 1 or (folder / "adapter_config.json").exists():
+        if (folder / "adapter_config.json").exists():
+            return self.benchmark.load_model(folder)
+        _, files, pickled = find_weight_files(folder)
+        if len(files) != 1 or pickled:
             return self.benchmark.load_model(folder)
         from safetensors.torch import load_file
 
-        return self.benchmark.with_weights(self.template(), load_file(str(folder / files[0])))
+        return self.benchmark.with_weights(self.template(), load_file(str(files[0])))
 
     def merged_model(self, job: Job) -> Any:
         """The merged model of a "merge" job, in memory (the template with merged weights)."""

@@ -4,8 +4,8 @@ held-out correlation across methods, and the paper's qualitative findings checke
 
 Normalised scores (per seed, then averaged): held-in = mean over held-in cells of
 (score - base) / (own expert - base); held-out = the same against each held-out cell's oracle;
-cells whose reference beats the base by less than `stats.MIN_GAP` are left out (listed in
-`normalisation.excluded`). Against the multitask model: (mean - base mean) / (multitask mean
+cells whose reference beats the base by less than the benchmark's `min_normalising_gap` are
+left out (listed in `normalisation.excluded`). Against the multitask model: (mean - base mean) / (multitask mean
 - base mean), on held-in and held-out averages.
 """
 
@@ -46,7 +46,7 @@ class _Rows:
         self.multitask = ({k: stats.mean_ci([self._mean(m, k) for m in mt])[0]
                            for k in ("held_in", "held_out")} if mt else {})
         self.excluded: set[str] = set()
-        self.min_gap = float(getattr(run.bench, "min_normalising_gap", stats.MIN_GAP))
+        self.min_gap = float(run.bench.min_normalising_gap)
 
     def _mean(self, scores: dict[str, float], which: str) -> float | None:
         cells = [c for c in getattr(self.run, which) if c in scores]

@@ -141,19 +141,19 @@ def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
 
 
 # -- the steps -------------------------------------------------------------------------------
-def _model_job(run: _Run, name: str, split: str, cells: list[str]) -> Job:
+def _model_job(name: str, split: str, cells: list[str]) -> Job:
     return Job("model", seed=None, split=split, cells=tuple(cells), model=name)
 
 
 def _baselines(run: _Run) -> dict[str, Any]:
     """Scores of the base, experts, multitask, oracles, ensembles and greedy soups."""
     zoo, test = run.context.zoo, "test"
-    jobs = {"base": _model_job(run, zoo.model_path("base").name, test, run.cells)}
+    jobs = {"base": _model_job(zoo.model_path("base").name, test, run.cells)}
     experts: dict[int, list[Job]] = {}
     for seed in run.seeds:
-        experts[seed] = [_model_job(run, p.name, test, run.cells) for p in run.context.experts(seed)]
-    multitask = [_model_job(run, m.path.name, test, run.cells) for m in zoo.models("multitask")]
-    oracles = {c: _model_job(run, m.path.name, test, [c])
+        experts[seed] = [_model_job(p.name, test, run.cells) for p in run.context.experts(seed)]
+    multitask = [_model_job(m.path.name, test, run.cells) for m in zoo.models("multitask")]
+    oracles = {c: _model_job(m.path.name, test, [c])
                for c in run.held_out for m in zoo.models("oracle", c)[:1]}
     everything = [jobs["base"], *multitask, *oracles.values()]
     everything += [j for js in experts.values() for j in js]
@@ -176,7 +176,7 @@ def _baselines(run: _Run) -> dict[str, Any]:
     }
 
 
-def _merge_job(run: _Run, method: str, params: tuple, seed: int, experts: tuple[int, ...],
+def _merge_job(method: str, params: tuple, seed: int, experts: tuple[int, ...],
                split: str, cells: list[str]) -> Job:
     return Job("merge", seed=seed, split=split, cells=tuple(cells), method=method,
                params=params, experts=experts)
@@ -190,7 +190,7 @@ def _greedy_soup(run: _Run, seed: int) -> dict[str, Any]:
     """Wortsman et al.'s greedy soup on held-in validation: experts sorted by their own
     validation score, each added to the uniform average if the score does not drop."""
     def validation(experts: tuple[int, ...]) -> float:
-        job = _merge_job(run, "average", (), seed, experts, "validation", run.held_in)
+        job = _merge_job("average", (), seed, experts, "validation", run.held_in)
         return _mean(run.jobs([job], f"greedy soup, seed {seed}")[job.key]["scores"], run.held_in)
 
     alone = {i: validation((i,)) for i in range(run.n_experts)}
@@ -200,7 +200,7 @@ def _greedy_soup(run: _Run, seed: int) -> dict[str, Any]:
         score = validation(tuple(sorted(soup + [i])))
         if score >= best:
             soup, best = sorted(soup + [i]), score
-    test = _merge_job(run, "average", (), seed, tuple(soup), "test", run.cells)
+    test = _merge_job("average", (), seed, tuple(soup), "test", run.cells)
     return {"experts": soup, "validation": best,
             "scores": run.jobs([test], "greedy soup")[test.key]["scores"]}
 
@@ -215,7 +215,7 @@ def _tune(run: _Run, method: Any) -> dict[str, Any]:
     scored: dict[tuple, float] = {}
     for _ in range(1 + method_grid.MAX_EXTENSIONS):
         todo = [p for p in points if p not in scored]
-        jobs = {(p, s): _merge_job(run, method.name, p, s, everyone, "validation", run.held_in)
+        jobs = {(p, s): _merge_job(method.name, p, s, everyone, "validation", run.held_in)
                 for p in todo for s in run.seeds}
         done = run.jobs(list(jobs.values()), f"tune {method.name}")
         for p in todo:
@@ -234,7 +234,7 @@ def _tune(run: _Run, method: Any) -> dict[str, Any]:
 
 def _test(run: _Run, method: str, params: tuple) -> dict[int, dict[str, float]]:
     everyone = tuple(range(run.n_experts))
-    jobs = {s: _merge_job(run, method, params, s, everyone, "test", run.cells) for s in run.seeds}
+    jobs = {s: _merge_job(method, params, s, everyone, "test", run.cells) for s in run.seeds}
     done = run.jobs(list(jobs.values()), f"test {method}")
     return {s: done[j.key]["scores"] for s, j in jobs.items()}
 
@@ -260,7 +260,7 @@ def _scaling(run: _Run, method: Any, params: tuple) -> list[dict[str, Any]]:
                 continue
             chosen = tuple(sorted(order[:n]))
             points.append((i, n, seed, chosen,
-                           _merge_job(run, method.name, params, seed, chosen, "test", run.cells)))
+                           _merge_job(method.name, params, seed, chosen, "test", run.cells)))
     done = run.jobs([p[-1] for p in points], f"scaling {method.name}")
     rows = []
     for i, n, seed, chosen, job in points:

@@ -4,7 +4,7 @@ scores, and the rank correlation between held-in and held-out scores.
 Example:
     >>> mean_ci([0.80, 0.82, 0.84])
     (0.82, (0.7703..., 0.8696...))
-    >>> normalised({"a": 0.9}, base={"a": 0.5}, reference={"a": 0.9}, cells=["a"])
+    >>> normalised({"a": 0.9}, base={"a": 0.5}, reference={"a": 0.9}, cells=["a"], min_gap=0.05)
     (1.0, [])
 """
 
@@ -13,11 +13,6 @@ from __future__ import annotations
 import math
 import statistics
 from typing import Mapping, Sequence
-
-#: A cell whose reference (own expert, oracle) beats the base by less than this is left out of
-#: the normalised average: its ratio (merge - base) / (reference - base) is undefined or noise.
-MIN_GAP = 0.05
-
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95
             ) -> tuple[float | None, tuple[float, float] | None]:
@@ -42,7 +37,7 @@ def spread(values: Sequence[float]) -> float | None:
 
 def normalised(scores: Mapping[str, float], base: Mapping[str, float],
                reference: Mapping[str, float], cells: Sequence[str],
-               min_gap: float = MIN_GAP) -> tuple[float | None, list[str]]:
+               min_gap: float) -> tuple[float | None, list[str]]:
     """Mean over `cells` of (score - base) / (reference - base), and the cells left out because
     their gap (reference - base) is below `min_gap` or unknown. 1.0 means "as good as the
     reference" (the own expert held-in, the oracle held-out), 0.0 "no better than the base"."""
@@ -57,7 +52,7 @@ def normalised(scores: Mapping[str, float], base: Mapping[str, float],
 
 
 def ratio_of_means(score: float | None, base: float | None, reference: float | None,
-                   min_gap: float = MIN_GAP) -> float | None:
+                   min_gap: float) -> float | None:
     """(score - base) / (reference - base) on averages (used against the multitask model)."""
     if score is None or base is None or reference is None or reference - base < min_gap:
         return None
