@@ -375,12 +375,32 @@ def test_interrupted_overwrite_keeps_the_previous_output(toy_zoo, monkeypatch):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out")]
 
 
-def test_method_failure_inside_a_tensor_names_the_tensor(toy_zoo, monkeypatch):
-    failing_method(monkeypatch, "task_arithmetic", ValueError("boom"), after=0)
-    with pytest.raises(MergezooError) as info:
-        merge(toy_zoo, "task_arithmetic")
-    assert "boom" in str(info.value) and "tensor '" in str(info.value)
+@pytest.mark.parametrize("exc", [RuntimeError("an internal bug"), ValueError("an internal bug"),
+                                 torch.OutOfMemoryError("out of memory")])
+@pytest.mark.parametrize("method", ["task_arithmetic", "model_stock"])
+def test_an_error_inside_a_method_keeps_its_type_and_traceback(toy_zoo, monkeypatch, exc,
+                                                               method):
+    """A bug or an out-of-memory inside a method is not the user's input: it is not wrapped
+    as a MergezooError (which the CLI prints as a one-line user error), and its traceback still
+    reaches the frame that raised it. Slice by slice (task arithmetic) and whole tensors."""
+    failing_method(monkeypatch, method, exc, after=0)
+    with pytest.raises(type(exc)) as info:
+        merge(toy_zoo, method)
+    assert info.value is exc and not isinstance(info.value, MergezooError)
+    assert info.traceback[-1].name == "fn"  # the failing method's own frame
     assert_nothing_written(toy_zoo["root"] / "out")
+
+
+def test_the_cli_does_not_swallow_an_internal_error(toy_zoo, monkeypatch, capsys):
+    from mergezoo.cli import main
+
+    failing_method(monkeypatch, "task_arithmetic", RuntimeError("an internal bug"), after=0)
+    out = toy_zoo["root"] / "out"
+    with pytest.raises(RuntimeError, match="an internal bug"):
+        main(["merge", "--method", "task_arithmetic", "--base", str(toy_zoo["base"]),
+              *map(str, toy_zoo["experts"]), "--out", str(out), "-q"])
+    assert "error:" not in capsys.readouterr().err  # not printed as a user error
+    assert_nothing_written(out)
 
 
 def test_missing_component_folder(toy_zoo):
