@@ -347,7 +347,7 @@ def _merge_to_lora(recipe: MergeRecipe, *, out_dir: str | Path, options: MergeOp
     import shutil
 
     from mergezoo.merge.atomic import owned_temp_dir
-    from mergezoo.merge.lora import ZeroSource, extract_lora
+    from mergezoo.merge.lora_extract import ZeroSource, extract_lora
 
     full = recipe.model_copy(update={"output": "full", "rank": None, "out_dtype": "float32"})
     out = Path(out_dir).expanduser().absolute()

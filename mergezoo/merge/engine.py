@@ -424,10 +424,11 @@ class _TensorMerger:
         if not finite:  # a non-finite input (the fused kernels check them), or result
             culprit = _first_bad_input(key, self.sources)
             if culprit:
-                raise BadTensorError(f"{culprit}: tensor '{key}' contains NaN or Inf values")
+                raise BadTensorError(f"{culprit}: tensor '{key}' contains NaN or Inf values",
+                                     tensor=key, model=culprit)
             if not bool(torch.isfinite(out).all()):
                 raise BadTensorError(f"tensor '{key}': the merge produced NaN or Inf values "
-                                     f"(overflow in {out.dtype}?)")
+                                     f"(overflow in {out.dtype}?)", tensor=key)
         return out
 
     def _merge_whole(self, key: str, tensors: list[torch.Tensor], hp: dict[str, Any],

@@ -176,15 +176,15 @@ def test_different_architectures(toy_zoo):
                                            ("ties", {"density": 0.5, "trim_scope": "model"}),
                                            ("dare_ties", {"density": 0.5}),
                                            ("task_arithmetic", {}), ("model_stock", {})])
-def test_nan_or_inf_in_an_expert_names_expert_and_tensor(toy_zoo, monkeypatch, kernels, value,
-                                                         method, params):
-    """With the torch functions and with the fused kernels (MERGEZOO_KERNELS)."""
-    monkeypatch.setenv("MERGEZOO_KERNELS", kernels)
+def test_nan_or_inf_in_an_expert_names_expert_and_tensor(toy_zoo, kernels, value, method,
+                                                         params):
+    """With the torch functions and with the fused kernels (the `kernels` option)."""
     state = {k: v.clone() for k, v in toy_zoo["expert_states"][1].items()}
     state["model.layers.2.attn.weight"][1, 2] = value
     bad = save_model(toy_zoo["root"] / "expert-nan", state)
     check_refused(toy_zoo, BadTensorError, "expert-nan", "model.layers.2.attn.weight",
-                  method=method, params=params, experts=[toy_zoo["experts"][0], bad])
+                  method=method, params=params, experts=[toy_zoo["experts"][0], bad],
+                  kernels=kernels)
 
 
 def test_nan_in_the_base_names_the_base(toy_zoo):
@@ -192,17 +192,20 @@ def test_nan_in_the_base_names_the_base(toy_zoo):
     state["model.norm.weight"][0] = float("nan")
     bad = save_model(toy_zoo["root"] / "base-nan", state)
     check_refused(toy_zoo, BadTensorError, "base-nan", "model.norm.weight", base=bad)
+    with pytest.raises(BadTensorError) as info:  # the culprit as fields, too
+        merge(toy_zoo, base=bad)
+    assert info.value.tensor == "model.norm.weight"
+    assert "base-nan" in info.value.model
 
 
 @pytest.mark.parametrize("kernels", ["eager", "fused"])
-def test_nan_in_an_expert_whose_weight_is_zero_is_still_refused(toy_zoo, monkeypatch, kernels):
-    monkeypatch.setenv("MERGEZOO_KERNELS", kernels)
+def test_nan_in_an_expert_whose_weight_is_zero_is_still_refused(toy_zoo, kernels):
     state = {k: v.clone() for k, v in toy_zoo["expert_states"][1].items()}
     state["lm_head.weight"][0, 0] = float("inf")
     bad = save_model(toy_zoo["root"] / "expert-inf", state)
     check_refused(toy_zoo, BadTensorError, "expert-inf", "lm_head.weight", method="average",
                   base=None, experts=[toy_zoo["experts"][0], bad],
-                  model_params=[{"weight": 1.0}, {"weight": 0.0}])
+                  model_params=[{"weight": 1.0}, {"weight": 0.0}], kernels=kernels)
 
 
 # --- pickle checkpoints ------------------------------------------------------------------------
@@ -325,8 +328,9 @@ def test_existing_output_without_overwrite(toy_zoo):
     out = toy_zoo["root"] / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    with pytest.raises(OutputExistsError, match="out"):
+    with pytest.raises(OutputExistsError, match="out") as info:
         merge(toy_zoo)
+    assert info.value.path == str(out.absolute())
     assert (out / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out")]
