@@ -187,7 +187,7 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                   weights_subdir: str | None = None,
                   prepare_output: Callable[[Path], None] | None = None,
                   finalize_output: Callable[[Path, "MergeResult"], None] | None = None,
-                  weights_stem: str | None = None, output_delta: bool = False,
+                  output_delta: bool = False,
                   **option_fields: Any) -> MergeResult:
     """Merge `models` (and `base`) tensor by tensor into `out_dir`, atomically.
 
@@ -300,7 +300,7 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                     prepare_output(tmp)
                 folder = tmp / weights_subdir if weights_subdir else tmp
                 folder.mkdir(parents=True, exist_ok=True)
-                stem = weights_stem or getattr(reference, "weights_stem", "model")
+                stem = getattr(reference, "weights_stem", "model")
                 files, sha, n_params = _write_weights(
                     folder, stem, plan, prefetched(keys, whole=not sliced), merger,
                     max_shard_size=options.max_shard_size, progress=options.progress)
