@@ -1,7 +1,11 @@
 """Exception classes shared by every layer of mergezoo.
 
 All errors a user can cause derive from `MergezooError`; the CLI prints their message and
-exits with status 2 instead of showing a traceback.
+exits with status 2 instead of showing a traceback. Only mergezoo's own checks of the user's
+input raise them: a `ValueError` or `RuntimeError` from a library or from mergezoo's own code
+(a bug, out of memory) is never re-raised as one, so it keeps its type and its traceback. Some
+errors carry the culprit as fields as well as in their message, e.g.
+`BadTensorError(..., tensor="lm_head.weight", model="expert 'org/a'")`.
 """
 
 
@@ -30,7 +34,15 @@ class IncompatibleModelsError(MergezooError):
 
 
 class BadTensorError(MergezooError):
-    """An input tensor holds NaN or Inf values."""
+    """An input tensor holds NaN or Inf values, or the merge made some (an overflow).
+
+    `tensor` names the tensor; `model` the input holding the bad values (None when the inputs
+    are finite and the merge itself overflowed)."""
+
+    def __init__(self, message: str, *, tensor: str | None = None, model: str | None = None):
+        super().__init__(message)
+        self.tensor = tensor
+        self.model = model
 
 
 class UnsafeCheckpointError(MergezooError):
@@ -38,7 +50,11 @@ class UnsafeCheckpointError(MergezooError):
 
 
 class OutputExistsError(MergezooError):
-    """The output directory exists and `overwrite` was not requested."""
+    """The output directory exists and `overwrite` was not requested (`path`: which)."""
+
+    def __init__(self, message: str, *, path: str | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 class ModelNotFoundError(MergezooError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ from mergezoo.errors import RecipeError
 
 if TYPE_CHECKING:  # the merge package imports torch: not needed for `mergezoo --help`
     from mergezoo.merge import MergeRecipe
+    from mergezoo.merge.options import MergeOptions
 
 EPILOG = """examples:
   mergezoo merge recipe.yaml --out merged
@@ -25,11 +25,13 @@ The output folder gets a model card (README.md) written from the merge's provena
 
 `mergezoo methods` lists the methods and their hyperparameters.
 
+--kernels: auto (default): fused CPU kernels (LLVM, via llvmlite) when the merge is large
+  enough to win back loading them (~0.1 s); fused: always; eager: never. Outputs are
+  byte-identical either way.
+
 environment:
   OMP_NUM_THREADS     compute threads (results are identical for any count)
-  MERGEZOO_KERNELS    auto (default): fused CPU kernels (LLVM, via llvmlite) when the merge is
-                      large enough to win back loading them (~0.1 s); fused: always; eager:
-                      never. Outputs are byte-identical either way. --kernels sets it too.
+  MERGEZOO_KERNELS    the default of --kernels (auto, fused or eager)
   MERGEZOO_KERNEL_CACHE
                       where compiled kernels are kept (default ~/.cache/mergezoo/kernels); it must
                       be owned by you and writable by no one else (else an error)"""
@@ -51,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a hyperparameter, e.g. density=0.2 (repeatable; overrides the recipe)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--kernels", choices=["auto", "fused", "eager"],
-                   help="CPU merge kernels (default: $MERGEZOO_KERNELS or auto; see below)")
+                   help="fused CPU merge kernels (default: $MERGEZOO_KERNELS or auto; see "
+                   "below)")
     p.add_argument("--dtype", help="compute dtype (default float32)")
     p.add_argument("--out-dtype", help="output dtype (default: the inputs')")
     p.add_argument("--lines", metavar="ALPHA,BETA",
@@ -94,9 +97,9 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def build_recipe(args: argparse.Namespace) -> MergeRecipe:
+    """The recipe the command line describes (a recipe file, flags, or both)."""
     from mergezoo.merge import MergeRecipe
 
-    """The recipe the command line describes (a recipe file, flags, or both)."""
     if args.method:
         data = {"merge_method": args.method, "models": list(args.inputs)}
         if args.base:
@@ -123,6 +126,16 @@ def build_recipe(args: argparse.Namespace) -> MergeRecipe:
     return MergeRecipe.from_dict(data, "command line" if args.method else args.inputs[0])
 
 
+def build_options(args: argparse.Namespace) -> MergeOptions:
+    """How the command line asks the merge to run (`--kernels` unset: $MERGEZOO_KERNELS)."""
+    from mergezoo.merge.options import MergeOptions
+
+    chosen = {"kernels": args.kernels} if args.kernels else {}
+    return MergeOptions(device=args.device, max_shard_size=args.shard_size,
+                        overwrite=args.overwrite, progress=not args.quiet,
+                        allow_pickle=args.allow_pickle, **chosen)
+
+
 def run(args: argparse.Namespace) -> int:
     from mergezoo.merge import run_recipe
 
@@ -132,11 +145,10 @@ def run(args: argparse.Namespace) -> int:
 
     from mergezoo.model_cards import write_card
 
-    if args.kernels:  # the engine reads it (mergezoo.merge.kernels.mode)
-        os.environ["MERGEZOO_KERNELS"] = args.kernels
     if not args.out and not args.push:
         args.usage_error("the following arguments are required: --out (or --push ORG/NAME)")
     recipe = build_recipe(args)
+    options = build_options(args)
     if args.push:  # refuse a bad repo ID or a missing token before the merge, not after it
         from mergezoo.errors import HubAccessError
         from mergezoo.zoo.hub import token_source
@@ -151,9 +163,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else scratch / args.push.split("/")[-1]
     try:
         # The card is written inside the atomic output, so the folder never exists without it.
-        result = run_recipe(recipe, out_dir=out, device=args.device, overwrite=args.overwrite,
-                            progress=not args.quiet, allow_pickle=args.allow_pickle,
-                            max_shard_size=args.shard_size,
+        result = run_recipe(recipe, out_dir=out, options=options,
                             finalize=lambda folder: write_card(folder, repo_id=args.push))
         if result.lora_errors and not args.quiet:
             worst = max(result.lora_errors.items(), key=lambda kv: kv[1])

@@ -209,7 +209,7 @@ def atomic_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> Iterat
         remove_stale(out.parent)
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} exists; pass --overwrite (overwrite=True) to "
-                                    "replace it")
+                                    "replace it", path=str(out))
         tmp = owned_temp_dir(out.parent, out.name)
         try:
             yield tmp

@@ -35,6 +35,7 @@ from mergezoo.errors import (BadCheckpointError, BadTensorError, IncompatibleMod
 from mergezoo.merge import kernels
 from mergezoo.merge.buffers import BufferRing
 from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
+from mergezoo.merge.options import MergeOptions
 from mergezoo.merge.registry import MergeInputs, MergeMethod, ModelStream, get_method
 from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
 from mergezoo.merge.threads import torch_threads
@@ -166,18 +167,34 @@ def _first_bad_input(key: str, sources: list[TensorSource]) -> str | None:
     return None
 
 
+def _use_kernels(mode: str, saves: float, entries: int) -> bool:
+    """Whether a merge should try the fused kernels, in kernel `mode` (see `MergeOptions`):
+    `saves` is the method's saving in seconds per 1e9 entries (parameters x models), `entries`
+    the merge's size. `kernels.load` then says whether they run here at all."""
+    if mode == "eager":
+        return False
+    return mode == "fused" or saves * entries / 1e9 > kernels.LOAD_SECONDS
+
+
 def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                   out_dir: str | Path, base: TensorSource | None = None,
                   params: dict[str, Any] | None = None,
                   model_params: list[dict[str, Any]] | None = None,
-                  lines: LiNeS | None = None, device: str = "auto",
+                  hyperparameters: dict[str, Any] | None = None,
+                  lines: LiNeS | None = None,
                   dtype: torch.dtype = torch.float32, out_dtype: torch.dtype | None = None,
-                  seed: int = 0, overwrite: bool = False, progress: bool = True,
-                  max_shard_size: str | int = "2GB", weights_subdir: str | None = None,
+                  seed: int = 0, options: MergeOptions | None = None,
+                  weights_subdir: str | None = None,
                   prepare_output: Callable[[Path], None] | None = None,
                   finalize_output: Callable[[Path, "MergeResult"], None] | None = None,
-                  weights_stem: str | None = None, output_delta: bool = False) -> MergeResult:
+                  output_delta: bool = False,
+                  **option_fields: Any) -> MergeResult:
     """Merge `models` (and `base`) tensor by tensor into `out_dir`, atomically.
+
+    `options` (device, kernels, shard size, overwrite, progress; see `MergeOptions`) may also
+    be given as keywords (`device="cpu", progress=False`). The hyperparameters come either as
+    the user wrote them (`params`, `model_params`: checked here) or already checked by
+    `MergeMethod.resolve` (`hyperparameters`, as a merge plan passes them: not checked twice).
 
     Inputs that know their exact task vector (a LoRA expert's B @ A * scaling in float32,
     `LoraSource.delta`) give it to the method instead of their weights minus the base; such
@@ -189,15 +206,21 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     moved into place; `weights_subdir` puts the weights in a sub-folder (a diffusers component).
     """
     spec = method if isinstance(method, MergeMethod) else get_method(method)
-    check_counts(spec, len(models), base is not None)
-    kwargs = spec.resolve(params or {}, model_params or [], len(models))
+    options = MergeOptions.of(options, **option_fields)
+    if hyperparameters is None:
+        check_counts(spec, len(models), base is not None)
+        kwargs = spec.resolve(params or {}, model_params or [], len(models))
+    elif params or model_params:
+        raise TypeError("merge_sources: give params/model_params or hyperparameters, not both")
+    else:
+        kwargs = hyperparameters
     if lines is not None and spec.returns != "delta":
         raise RecipeError(f"LiNeS scales task vectors; method '{spec.name}' does not produce one")
     if output_delta and (spec.returns != "delta" or base is None):
         raise RecipeError(f"method '{spec.name}' does not produce a task vector to write")
     reference = base if base is not None else models[0]
     check_compatible(reference, [m for m in models if m is not reference])
-    dev = pick_device(device)
+    dev = pick_device(options.device)
     keys = reference.keys()
     positions = layer_positions(keys)
     # The base is read only by methods that use it (average uses it as a template at most).
@@ -219,7 +242,8 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                            sliced=sliced, exact=exact, add_base=not output_delta)
     float_keys = [k for k in keys if reference.dtype(k).is_floating_point]
     entries = sum(math.prod(plan[k][0]) for k in float_keys) * len(models)
-    if sliced and spec.fused is not None and kernels.worth_it(spec.fused_saves, entries):
+    if sliced and spec.fused is not None and _use_kernels(options.kernels, spec.fused_saves,
+                                                          entries):
         merger.fused = kernels.load({reference.dtype(k) for k in float_keys},
                                     {plan[k][1] for k in float_keys}, len(models), use_base)
     in_ring = BufferRing(slots=len(inputs))
@@ -271,15 +295,15 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
     try:
         with torch_threads(1 if sliced else None):
             merger.state = spec.prepare(stream, kwargs) if spec.prepare else None
-            with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+            with atomic_output_dir(out_dir, overwrite=options.overwrite) as tmp:
                 if prepare_output:
                     prepare_output(tmp)
                 folder = tmp / weights_subdir if weights_subdir else tmp
                 folder.mkdir(parents=True, exist_ok=True)
-                stem = weights_stem or getattr(reference, "weights_stem", "model")
+                stem = getattr(reference, "weights_stem", "model")
                 files, sha, n_params = _write_weights(
                     folder, stem, plan, prefetched(keys, whole=not sliced), merger,
-                    max_shard_size=max_shard_size, progress=progress)
+                    max_shard_size=options.max_shard_size, progress=options.progress)
                 prefix = f"{weights_subdir}/" if weights_subdir else ""
                 result = MergeResult(out_dir=Path(out_dir), method=spec.name,
                                      files=[prefix + f for f in files],
@@ -383,28 +407,28 @@ class _TensorMerger:
             return out.copy_(tensors[0])
         hp = _specialize(self.spec, self.kwargs, key, self.positions[key])
         scale = self.lines.scale(key, self.positions[key]) if self.lines else 1.0
-        try:
-            if self.sliced:
-                if self.scratch is None:  # a buffer set per compute thread
-                    self.scratch = [new_scratch(len(tensors), self.dtype)
-                                    for _ in range(self.workers)]
-                view = self.view(key, tensors)
-                finite = merge_sliced(self.spec, hp, view, out, state=self.state, scale=scale,
-                                      seeds=self.seeds(key, view.n_models), scratch=self.scratch)
-            else:
-                finite = self._merge_whole(key, tensors, hp, scale, out)
-        except (ValueError, RuntimeError) as err:
-            raise IncompatibleModelsError(
-                f"tensor '{key}': {self.spec.name} failed: {err}") from err
+        # No blanket except here: the inputs were checked (names, shapes, dtypes) before the
+        # merge began, so an error raised inside a method is a bug or out-of-memory and keeps
+        # its own type and traceback; only the checks below raise our named errors.
+        if self.sliced:
+            if self.scratch is None:  # a buffer set per compute thread
+                self.scratch = [new_scratch(len(tensors), self.dtype)
+                                for _ in range(self.workers)]
+            view = self.view(key, tensors)
+            finite = merge_sliced(self.spec, hp, view, out, state=self.state, scale=scale,
+                                  seeds=self.seeds(key, view.n_models), scratch=self.scratch)
+        else:
+            finite = self._merge_whole(key, tensors, hp, scale, out)
         if finite and out.dtype in NARROW_DTYPES:  # these can overflow in the cast
             finite = bool(torch.isfinite(out.sum(dtype=torch.float32)))
         if not finite:  # a non-finite input (the fused kernels check them), or result
             culprit = _first_bad_input(key, self.sources)
             if culprit:
-                raise BadTensorError(f"{culprit}: tensor '{key}' contains NaN or Inf values")
+                raise BadTensorError(f"{culprit}: tensor '{key}' contains NaN or Inf values",
+                                     tensor=key, model=culprit)
             if not bool(torch.isfinite(out).all()):
                 raise BadTensorError(f"tensor '{key}': the merge produced NaN or Inf values "
-                                     f"(overflow in {out.dtype}?)")
+                                     f"(overflow in {out.dtype}?)", tensor=key)
         return out
 
     def _merge_whole(self, key: str, tensors: list[torch.Tensor], hp: dict[str, Any],

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from mergezoo.zoo.resolve import ResolvedModel
 
@@ -103,8 +104,8 @@ def input_card(path: Path) -> dict[str, Any]:
         return {}
     try:
         meta = metadata_load(card) or {}
-    except Exception:  # a card whose YAML does not parse tells us nothing to inherit
-        return {}
+    except (OSError, ValueError, yaml.YAMLError):  # an unreadable card, YAML that does not
+        return {}                                   # parse or is not a mapping: nothing to inherit
     return {k: meta[k] for k in CARD_FIELDS if meta.get(k) is not None}
 
 

@@ -16,12 +16,12 @@ import json
 import os
 import pickle
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from mergezoo.errors import BadCheckpointError, ModelNotFoundError, UnsafeCheckpointError
+from mergezoo.merge.tensor_source import TensorSource
 from mergezoo.zoo.manifest import PICKLE_SUFFIXES, weight_files_of
 from mergezoo.zoo.paths import member
 from mergezoo.zoo.safetensors_header import read_header
@@ -35,21 +35,6 @@ SAFETENSORS_DTYPES = {
     "U8": torch.uint8, "BOOL": torch.bool,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-
-
-@runtime_checkable
-class TensorSource(Protocol):
-    """One input model, read tensor by tensor."""
-
-    label: str  # how errors name this input, e.g. "expert 'org/a'"
-
-    def keys(self) -> list[str]: ...
-
-    def shape(self, key: str) -> tuple[int, ...]: ...
-
-    def dtype(self, key: str) -> torch.dtype: ...
-
-    def get(self, key: str) -> torch.Tensor: ...
 
 
 class SafetensorsSource:
@@ -139,6 +124,16 @@ class StateDictSource:
         return self._tensors[key].clone()  # the engine may work in place on what it gets
 
 
+# How torch.load words an archive it cannot read (a truncated or foreign file).
+_UNREADABLE_ARCHIVE = ("PytorchStreamReader", "zip archive", "mmap can only be used",
+                       "Invalid magic number", "invalid load key")
+
+
+def _unreadable_archive(err: RuntimeError) -> bool:
+    return not isinstance(err, torch.OutOfMemoryError) and any(
+        text in str(err) for text in _UNREADABLE_ARCHIVE)
+
+
 def find_weight_files(folder: Path) -> tuple[str, list[Path], bool]:
     """Return (stem, files, is_pickle) for the weights in `folder`, preferring safetensors (and
     an index over a single file), by the same rule the zoo validates Hub repos with."""
@@ -168,7 +163,7 @@ def _weight_map(path: Path) -> dict[str, str]:
     """The `weight_map` of a safetensors index file, or `BadCheckpointError` naming it."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadCheckpointError(f"{path}: not a readable index file ({err})") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
@@ -198,7 +193,8 @@ def open_source(path: str | Path, label: str | None = None, *, allow_pickle: boo
     if is_lora_folder(path):
         if base_source is None:
             raise ModelNotFoundError(f"{label}: is a LoRA adapter; merging it needs its base model")
-        from mergezoo.merge.lora import open_lora_source  # LoRA support lives in its own module
+        # LoRA support lives in its own module, which imports none of this one.
+        from mergezoo.merge.lora import open_lora_source
 
         return open_lora_source(path, label, base_source, component=component)
     if path.is_file():
@@ -227,7 +223,11 @@ def open_source(path: str | Path, label: str | None = None, *, allow_pickle: boo
             raise UnsafeCheckpointError(
                 f"{label}: {f.name}: torch.load(weights_only=True) refused it: the pickle asks "
                 f"for more than tensors ({reason}); it was not loaded") from None
-        except (RuntimeError, EOFError, ValueError, OSError) as err:  # torch's error for a bad zip
+        except (RuntimeError, EOFError, OSError) as err:
+            # torch reports an unreadable archive as a RuntimeError; any other RuntimeError
+            # (out of memory, a bug) is not the file's fault and keeps its traceback.
+            if isinstance(err, RuntimeError) and not _unreadable_archive(err):
+                raise
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BadCheckpointError(f"{label}: {f.name}: not a readable checkpoint ({first})"
                                      ) from None

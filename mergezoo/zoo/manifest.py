@@ -101,16 +101,6 @@ class ModelManifest:
     def pickle_only(self) -> bool:
         return bool(self.components) and all(c.pickle_only for c in self.components.values())
 
-    def weight_patterns(self, allow_pickle: bool = False) -> list[str]:
-        """`allow_patterns` for `snapshot_download` that fetch exactly what a merge needs."""
-        patterns = ["*.json", "*.safetensors", "README.md", "*.yaml", "*.txt", "*.model",
-                    "*.tiktoken", "tokenizer*", "*.py.example"]
-        if allow_pickle:
-            for comp in self.components.values():
-                if comp.pickle_only:
-                    patterns += comp.pickle_files
-        return patterns
-
 
 # ---------------------------------------------------------------------------------------------
 def detect_kind(files: list[str]) -> str:

@@ -52,12 +52,15 @@ class PulledModel:
 
 
 def pull_model(ref: str | ModelRef, *, allow_pickle: bool = False, token: str | None = None,
-               components: list[str] | None = None, pin: str | None = None) -> PulledModel:
+               components: list[str] | None = None, pin: str | None = None,
+               manifest: ModelManifest | None = None) -> PulledModel:
     """Download what a merge needs of a Hub model into the Hub cache; return path and SHA.
 
     `components` (diffusers subfolders such as "unet") limits which weight folders are fetched;
     configs of all of them are always fetched. `pin` is the commit SHA to download (the one
-    the model was validated at); without it the revision is resolved now. Ctrl-C (or SIGTERM
+    the model was validated at); without it the revision is resolved now. `manifest`, the
+    model's manifest as validation read it at a commit, pins the download to that commit and
+    plans it from the manifest's file list (no second metadata request). Ctrl-C (or SIGTERM
     in the CLI) stops the download at once and raises KeyboardInterrupt with `left` saying what
     the cache holds; partial files that killed pulls of this repo left are removed first.
     """
@@ -70,6 +73,11 @@ def pull_model(ref: str | ModelRef, *, allow_pickle: bool = False, token: str | 
         _check_weights(manifest, str(ref), allow_pickle)
         return PulledModel(ref.spec, sha, ref.revision, path, manifest.kind, manifest.files)
 
+    if manifest is not None:
+        if manifest.repo_id != ref.spec or not manifest.revision:
+            raise ValueError(f"pull_model: the manifest of {manifest.label} is not {ref}'s at a "
+                             "commit")  # a caller's bug, not the user's input
+        pin = manifest.revision
     api = hub_api(token)
     if pin is not None:
         if not COMMIT_SHA.match(pin):
@@ -81,8 +89,9 @@ def pull_model(ref: str | ModelRef, *, allow_pickle: bool = False, token: str | 
                         what="resolving the revision"):
             resolved = api.resolve_revision(ref.spec, revision=ref.revision, token=token)
     sha = resolved.resolved
-    manifest = inspect_hub(ModelRef(ref.spec, sha), token=token, read_headers=False,
-                           label=str(ref))
+    if manifest is None:
+        manifest = inspect_hub(ModelRef(ref.spec, sha), token=token, read_headers=False,
+                               label=str(ref))
     _check_weights(manifest, str(ref), allow_pickle)
     patterns = _patterns(manifest, allow_pickle, components)
     remove_partial_downloads(ref.spec)

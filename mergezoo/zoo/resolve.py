@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergezoo.errors import ModelNotFoundError
+from mergezoo.zoo.manifest import ModelManifest
 from mergezoo.zoo.refs import ModelRef
 
 
@@ -35,14 +36,17 @@ class ResolvedModel:
 
 def resolve_model(ref: str | ModelRef | Path, *, allow_pickle: bool = False,
                   token: str | None = None, component: str | None = None,
-                  pin: str | None = None) -> ResolvedModel:
+                  pin: str | None = None, manifest: ModelManifest | None = None
+                  ) -> ResolvedModel:
     """Resolve a reference to a local folder (Hub repos are pulled into the Hub cache).
 
     `pin` is the commit SHA to download (the one the model was validated at); without it the
     revision is resolved now.
 
     `component` (a diffusers subfolder such as "unet") pulls only that folder's weights, plus
-    every config of the pipeline.
+    every config of the pipeline. `manifest` is the model's manifest as validation read it
+    (`zoo.validate.validate_models`): the download is pinned to its commit and planned from its
+    file list, so the Hub is not asked about the model a second time.
     """
     ref = ref if isinstance(ref, ModelRef) else ModelRef.parse(str(ref))
     path = Path(ref.spec).expanduser()
@@ -53,6 +57,7 @@ def resolve_model(ref: str | ModelRef | Path, *, allow_pickle: bool = False,
     from mergezoo.zoo.pull import pull_model
 
     pulled = pull_model(ref, allow_pickle=allow_pickle, token=token,
-                        components=[component] if component else None, pin=pin)
+                        components=[component] if component else None, pin=pin,
+                        manifest=manifest)
     return ResolvedModel(ref=ref, path=pulled.path, repo_id=pulled.repo_id,
                          revision=pulled.revision)

@@ -40,17 +40,29 @@ def validate_experts(refs: Sequence[str | ModelRef], base: str | ModelRef | None
     is compared. With `allow_pickle=False`, pickle-only models raise `UnsafeCheckpointError`
     (None, the default, leaves that to `resolve_model`); their tensors cannot be checked early.
     """
-    manifests = inspect_models(refs, base, token=token, component=component)
-    base_manifest = manifests.pop() if base is not None else None
-    _refuse_pickles(manifests + ([base_manifest] if base_manifest else []), allow_pickle)
-    if base_manifest is None:
-        base_manifest = _implied_lora_base(manifests, token=token, component=component)
-    problems = check_compatibility(manifests, base_manifest, component=component)
-    if problems:
-        raise IncompatibleModelsError(format_problems(problems))
+    manifests, base_manifest = validate_models(refs, base, token=token, component=component,
+                                               allow_pickle=allow_pickle)
     given = [str(r) for r in refs] + ([str(base)] if base is not None else [])
     every = manifests + ([base_manifest] if base is not None and base_manifest else [])
     return {ref: m.revision for ref, m in zip(given, every) if m.repo_id and m.revision}
+
+
+def validate_models(refs: Sequence[str | ModelRef], base: str | ModelRef | None = None, *,
+                    token: str | None = None, component: str | None = None,
+                    allow_pickle: bool | None = None
+                    ) -> tuple[list[ModelManifest], ModelManifest | None]:
+    """`validate_experts`, returning the manifests it checked: one per ref, and the base's
+    (None without a base). A Hub manifest is pinned to the commit it was read at; passing it
+    to `resolve_model(..., manifest=)` downloads exactly that commit without asking the Hub
+    about the model again."""
+    manifests = inspect_models(refs, base, token=token, component=component)
+    base_manifest = manifests.pop() if base is not None else None
+    _refuse_pickles(manifests + ([base_manifest] if base_manifest else []), allow_pickle)
+    implied = base_manifest or _implied_lora_base(manifests, token=token, component=component)
+    problems = check_compatibility(manifests, implied, component=component)
+    if problems:
+        raise IncompatibleModelsError(format_problems(problems))
+    return manifests, base_manifest
 
 
 def inspect_models(refs: Sequence[str | ModelRef], base: str | ModelRef | None = None, *,

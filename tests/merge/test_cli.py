@@ -96,15 +96,30 @@ dtype: float32
     assert_same(load_folder(out), expected)
 
 
-@pytest.mark.parametrize("kernels", [[], ["--kernels", "fused"], ["--kernels", "eager"]])
-def test_merge_from_the_command_line(toy_zoo, monkeypatch, kernels):
-    monkeypatch.setenv("MERGEZOO_KERNELS", "auto")  # restored after --kernels changes it
+@pytest.mark.parametrize("kernels,env,used", [([], None, "auto"), ([], "eager", "eager"),
+                                               (["--kernels", "fused"], "eager", "fused"),
+                                               (["--kernels", "eager"], None, "eager")])
+def test_merge_from_the_command_line(toy_zoo, monkeypatch, kernels, env, used):
+    from mergezoo.merge import engine
+
+    if env is None:
+        monkeypatch.delenv("MERGEZOO_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("MERGEZOO_KERNELS", env)
+    before = dict(os.environ)
+    modes = []
+    real = engine._use_kernels
+    monkeypatch.setattr(engine, "_use_kernels",
+                        lambda mode, *a: modes.append(mode) or real(mode, *a))
     e0, e1, _ = toy_zoo["experts"]
     out = toy_zoo["root"] / "merged"
     status = cli("merge", "--method", "ties", "--base", toy_zoo["base"], e0, e1, "--out", out,
                  "--set", "density=0.2", "--set", "lambda=1.0", "-q", *kernels)
     assert status == 0
-    assert os.environ["MERGEZOO_KERNELS"] == (kernels[1] if kernels else "auto")
+    # --kernels reaches the engine as an option ($MERGEZOO_KERNELS is only its default), and
+    # the command writes no environment variable.
+    assert modes == [used]
+    assert dict(os.environ) == before
     expected = reference(toy_zoo, "cl", "ties", experts=[e0, e1],
                          params={"density": 0.2, "lambda": 1.0})
     assert_same(load_folder(out), expected)

@@ -478,3 +478,37 @@ def test_whole_model_ties_thresholds_from_a_sampled_bracket_are_exact(tmp_path, 
                                   params={"density": 0.2, "trim_scope": "model"}).sha256
     assert scans  # the fused merge took the bracketed pass
     assert shas["fused"] == shas["eager"]
+
+
+# --- one entry shape: a recipe plus options, resolved once ------------------------------------
+
+def test_a_recipe_plus_options_is_the_one_entry(toy_zoo, monkeypatch):
+    """merge_models builds the recipe that run_recipe runs; options given as an object or as
+    keywords are the same; the recipe's hyperparameters are checked once, in the plan."""
+    from mergezoo.merge import MergeOptions, recipe_of, registry, run_recipe
+
+    spec = registry.get_method("ties")
+    resolved = []
+    real_resolve = type(spec).resolve
+    monkeypatch.setattr(type(spec), "resolve",
+                        lambda self, *a: resolved.append(self.name) or real_resolve(self, *a))
+    params = {"density": 0.5, "lambda": 0.8}
+    root = toy_zoo["root"]
+    recipe = recipe_of("ties", toy_zoo["experts"], base=toy_zoo["base"], params=params)
+    a = run_recipe(recipe, out_dir=root / "a",
+                   options=MergeOptions(device="cpu", kernels="eager", progress=False))
+    assert resolved == ["ties"]
+    b = merge_models("ties", toy_zoo["experts"], base=toy_zoo["base"], out_dir=root / "b",
+                     params=params, device="cpu", kernels="fused", progress=False)
+    assert a.sha256 == b.sha256  # the kernels never change the bytes
+    assert (root / "a" / "mergezoo_recipe.yaml").read_text() == \
+        (root / "b" / "mergezoo_recipe.yaml").read_text()
+
+
+def test_unknown_kernel_mode_is_a_configuration_error():
+    from mergezoo.errors import ConfigurationError
+    from mergezoo.merge import MergeOptions
+
+    with pytest.raises(ConfigurationError, match="'turbo'.*auto, fused, eager"):
+        MergeOptions(kernels="turbo")
+    assert MergeOptions(kernels=" Fused ").kernels == "fused"

@@ -176,15 +176,15 @@ def test_different_architectures(toy_zoo):
                                            ("ties", {"density": 0.5, "trim_scope": "model"}),
                                            ("dare_ties", {"density": 0.5}),
                                            ("task_arithmetic", {}), ("model_stock", {})])
-def test_nan_or_inf_in_an_expert_names_expert_and_tensor(toy_zoo, monkeypatch, kernels, value,
-                                                         method, params):
-    """With the torch functions and with the fused kernels (MERGEZOO_KERNELS)."""
-    monkeypatch.setenv("MERGEZOO_KERNELS", kernels)
+def test_nan_or_inf_in_an_expert_names_expert_and_tensor(toy_zoo, kernels, value, method,
+                                                         params):
+    """With the torch functions and with the fused kernels (the `kernels` option)."""
     state = {k: v.clone() for k, v in toy_zoo["expert_states"][1].items()}
     state["model.layers.2.attn.weight"][1, 2] = value
     bad = save_model(toy_zoo["root"] / "expert-nan", state)
     check_refused(toy_zoo, BadTensorError, "expert-nan", "model.layers.2.attn.weight",
-                  method=method, params=params, experts=[toy_zoo["experts"][0], bad])
+                  method=method, params=params, experts=[toy_zoo["experts"][0], bad],
+                  kernels=kernels)
 
 
 def test_nan_in_the_base_names_the_base(toy_zoo):
@@ -192,17 +192,20 @@ def test_nan_in_the_base_names_the_base(toy_zoo):
     state["model.norm.weight"][0] = float("nan")
     bad = save_model(toy_zoo["root"] / "base-nan", state)
     check_refused(toy_zoo, BadTensorError, "base-nan", "model.norm.weight", base=bad)
+    with pytest.raises(BadTensorError) as info:  # the culprit as fields, too
+        merge(toy_zoo, base=bad)
+    assert info.value.tensor == "model.norm.weight"
+    assert "base-nan" in info.value.model
 
 
 @pytest.mark.parametrize("kernels", ["eager", "fused"])
-def test_nan_in_an_expert_whose_weight_is_zero_is_still_refused(toy_zoo, monkeypatch, kernels):
-    monkeypatch.setenv("MERGEZOO_KERNELS", kernels)
+def test_nan_in_an_expert_whose_weight_is_zero_is_still_refused(toy_zoo, kernels):
     state = {k: v.clone() for k, v in toy_zoo["expert_states"][1].items()}
     state["lm_head.weight"][0, 0] = float("inf")
     bad = save_model(toy_zoo["root"] / "expert-inf", state)
     check_refused(toy_zoo, BadTensorError, "expert-inf", "lm_head.weight", method="average",
                   base=None, experts=[toy_zoo["experts"][0], bad],
-                  model_params=[{"weight": 1.0}, {"weight": 0.0}])
+                  model_params=[{"weight": 1.0}, {"weight": 0.0}], kernels=kernels)
 
 
 # --- pickle checkpoints ------------------------------------------------------------------------
@@ -325,8 +328,9 @@ def test_existing_output_without_overwrite(toy_zoo):
     out = toy_zoo["root"] / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    with pytest.raises(OutputExistsError, match="out"):
+    with pytest.raises(OutputExistsError, match="out") as info:
         merge(toy_zoo)
+    assert info.value.path == str(out.absolute())
     assert (out / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out")]
@@ -375,12 +379,32 @@ def test_interrupted_overwrite_keeps_the_previous_output(toy_zoo, monkeypatch):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out")]
 
 
-def test_method_failure_inside_a_tensor_names_the_tensor(toy_zoo, monkeypatch):
-    failing_method(monkeypatch, "task_arithmetic", ValueError("boom"), after=0)
-    with pytest.raises(MergezooError) as info:
-        merge(toy_zoo, "task_arithmetic")
-    assert "boom" in str(info.value) and "tensor '" in str(info.value)
+@pytest.mark.parametrize("exc", [RuntimeError("an internal bug"), ValueError("an internal bug"),
+                                 torch.OutOfMemoryError("out of memory")])
+@pytest.mark.parametrize("method", ["task_arithmetic", "model_stock"])
+def test_an_error_inside_a_method_keeps_its_type_and_traceback(toy_zoo, monkeypatch, exc,
+                                                               method):
+    """A bug or an out-of-memory inside a method is not the user's input: it is not wrapped
+    as a MergezooError (which the CLI prints as a one-line user error), and its traceback still
+    reaches the frame that raised it. Slice by slice (task arithmetic) and whole tensors."""
+    failing_method(monkeypatch, method, exc, after=0)
+    with pytest.raises(type(exc)) as info:
+        merge(toy_zoo, method)
+    assert info.value is exc and not isinstance(info.value, MergezooError)
+    assert info.traceback[-1].name == "fn"  # the failing method's own frame
     assert_nothing_written(toy_zoo["root"] / "out")
+
+
+def test_the_cli_does_not_swallow_an_internal_error(toy_zoo, monkeypatch, capsys):
+    from mergezoo.cli import main
+
+    failing_method(monkeypatch, "task_arithmetic", RuntimeError("an internal bug"), after=0)
+    out = toy_zoo["root"] / "out"
+    with pytest.raises(RuntimeError, match="an internal bug"):
+        main(["merge", "--method", "task_arithmetic", "--base", str(toy_zoo["base"]),
+              *map(str, toy_zoo["experts"]), "--out", str(out), "-q"])
+    assert "error:" not in capsys.readouterr().err  # not printed as a user error
+    assert_nothing_written(out)
 
 
 def test_missing_component_folder(toy_zoo):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
 
 from .hub_server import HubState
 from .models import LLAMA_BASE_ID, TinyModels
@@ -31,3 +34,13 @@ def seed_llama_zoo(state: HubState, tiny: TinyModels) -> dict[str, str]:
 
 def weight_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*.safetensors"))
+
+
+def add_to_zoo(zoo: Path, repo_id: str, source: Path, **card_fields) -> Path:
+    """Copy the model folder `source` into the local zoo `zoo` as `repo_id`, with a card whose
+    front matter holds `card_fields` (tags, base_model, pipeline_tag...); return its path."""
+    target = zoo / repo_id
+    shutil.copytree(source, target)
+    data = ModelCardData(**card_fields)
+    ModelCard(f"---\n{data.to_yaml()}\n---\n# {repo_id}\n").save(target / "README.md")
+    return target

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mergezoo.errors import IncompatibleModelsError
-from mergezoo.merge.lora import LoraSource, extract_lora, factorize, open_lora_source
+from mergezoo.merge.lora import LoraSource, open_lora_source
+from mergezoo.merge.lora_extract import extract_lora, factorize
 from mergezoo.merge.sources import open_source
 
 

@@ -124,15 +124,15 @@ def test_the_commit_validated_is_the_commit_downloaded_and_recorded(hub, tiny, t
     real = api._validate_before_download
 
     def validate_then_push(*args, **kwargs):
-        pins = real(*args, **kwargs)
-        validated.update(pins)
+        manifests, base = real(*args, **kwargs)
+        validated.update({m.repo_id: m.revision for m in manifests})
         # Someone pushes other weights to the expert's branch right after validation.
         other = {k: torch.full_like(v, 7.0) for k, v in
                  load_file(str(tiny.llama_experts[1] / "model.safetensors")).items()}
         path = tmp_path / "other.safetensors"
         save_file(other, str(path))
         hub.state.add_repo(ids["expert0"], {"model.safetensors": path.read_bytes()})
-        return pins
+        return manifests, base
 
     monkeypatch.setattr(api, "_validate_before_download", validate_then_push)
     before = hub.state.get_repo(ids["expert0"]).branches["main"]

@@ -39,6 +39,27 @@ def test_merge_by_repo_ids_equals_merging_local_copies(hub, tiny, tmp_path):
     assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 64)
 
 
+def test_a_merge_asks_the_hub_about_each_model_once(hub, tiny, tmp_path):
+    """Each reference is resolved once: the manifest that validation reads (model info,
+    configs, safetensors headers) also plans and pins the download, so the Hub gets one
+    model-info request per model and one full download per weight file."""
+    import re
+    from collections import Counter
+
+    ids = seed_llama_zoo(hub.state, tiny)
+    hub.state.requests.clear()
+    merge_models("ties", [ids["expert0"], ids["expert1"]], base=ids["base"],
+                 out_dir=tmp_path / "out", params={"density": 0.5}, progress=False)
+    info = Counter(m.group(1) for r in hub.state.requests
+                   if (m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/.*)?", r.path)))
+    repos = [ids["base"], ids["expert0"], ids["expert1"]]
+    assert info == Counter(repos)
+    downloads = Counter((r.path.split("/resolve/")[0].lstrip("/"), r.filename)
+                        for r in hub.state.resolve_requests("GET") if not r.range)
+    assert all(downloads[(repo, "model.safetensors")] == 1 for repo in repos), downloads
+    assert max(downloads.values()) == 1, downloads
+
+
 def test_cli_merge_by_repo_ids_refuses_incompatible_experts_before_download(hub, tiny, tmp_path,
                                                                           capsys):
     ids = seed_llama_zoo(hub.state, tiny)

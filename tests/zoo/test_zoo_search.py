@@ -8,10 +8,10 @@ import pytest
 
 from mergezoo.cli import main
 from mergezoo.errors import ModelNotFoundError
-from mergezoo.zoo.local_zoo import add_to_zoo, list_zoo
+from mergezoo.zoo.local_zoo import list_zoo
 from mergezoo.zoo.search import find_experts, search_models, search_zoo
 
-from .helpers import seed_llama_zoo
+from .helpers import add_to_zoo, seed_llama_zoo
 from .models import LLAMA_BASE_ID
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,19 +70,6 @@ def load_encoder(path: Path | str) -> Encoder:
     model = AutoModel.from_pretrained(str(path), local_files_only=True)
     model.eval()
     return Encoder(tok, model)
-
-
-def save_encoder(enc: Encoder, out_dir: Path) -> None:
-    """Save model (safetensors), config and tokenizer, plus the sentence-transformers pooling
-    files of the base, to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    enc.model.save_pretrained(out_dir, safe_serialization=True)
-    enc.tokenizer.save_pretrained(out_dir)
-    src = base_model_path()
-    for name in _ST_FILES:
-        if (src / name).is_file():
-            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / name, out_dir / name)
 
 
 def _encode(enc: Encoder, texts: Sequence[str]) -> torch.Tensor:
