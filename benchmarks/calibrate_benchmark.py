@@ -108,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
 
-    from mergezoo.eval import get_benchmark
+    from mergezoo.eval import build_zoo, get_benchmark
     from mergezoo.merge import merge_models
 
     bench = get_benchmark(args.benchmark, size=args.size)
     t0 = time.perf_counter()
-    zoo = bench.build()
+    zoo = build_zoo(bench)
     build_s = time.perf_counter() - t0
     info = zoo.build_info or {}
     print(f"# {bench.name} --size {args.size}: zoo {zoo.root} "

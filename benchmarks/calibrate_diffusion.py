@@ -70,12 +70,12 @@ def _seed_job(job: tuple[str, Path, int, dict[str, list[dict[str, float]]], int,
     validation then scored on every cell's test prompts."""
     import torch
 
-    from mergezoo.eval import get_benchmark
+    from mergezoo.eval import build_zoo, get_benchmark
 
     size, zoo_root, seed, grids, threads, ensemble = job
     torch.set_num_threads(threads)
     bench = get_benchmark("digits-diffusion", size=size)
-    zoo = bench.build(out=zoo_root)
+    zoo = build_zoo(bench, out=zoo_root)
     held_in = [c.name for c in bench.held_in_cells]
     base_dir = zoo.model_path("base")
     model = _load(bench, base_dir)
@@ -127,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mergezoo.eval import get_benchmark
+    from mergezoo.eval import build_zoo, get_benchmark
 
     torch.set_num_threads(args.threads)
     bench = get_benchmark("digits-diffusion", size=args.size)
     started = time.perf_counter()
-    zoo = bench.build(out=args.zoo)
+    zoo = build_zoo(bench, out=args.zoo)
     build_s = time.perf_counter() - started
     held_in = [c.name for c in bench.held_in_cells]
     held_out = [c.name for c in bench.held_out_cells]

@@ -14,7 +14,7 @@ import argparse
 import statistics
 import time
 
-from mergezoo.eval import get_benchmark
+from mergezoo.eval import build_zoo, get_benchmark
 from mergezoo.spaces.playground import MergeSpec, Playground
 
 MOVES = {  # (method, the slider that moves, its values)
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.benchmarks.split(","):
         bench = get_benchmark(name, size=args.size)
-        pg = Playground.from_zoo(bench.build(), bench)
+        pg = Playground.from_zoo(build_zoo(bench), bench)
         started = time.perf_counter()
         pg.warm()
         tv_seconds = time.perf_counter() - started

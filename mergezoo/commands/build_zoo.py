@@ -43,13 +43,13 @@ def _fmt(value: float | None, std: float | None = None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergezoo.eval import get_benchmark
+    from mergezoo.eval import build_zoo, get_benchmark
     from mergezoo.eval.sanity import compute_sanity
 
     bench = get_benchmark(args.benchmark, size=args.size)
     if args.workers is not None and args.workers < 1:
         raise BenchmarkError(f"--workers must be at least 1, got {args.workers}")
-    zoo = bench.build(out=args.out, force=args.force, workers=args.workers, progress=True)
+    zoo = build_zoo(bench, out=args.out, force=args.force, workers=args.workers, progress=True)
     sanity = zoo.sanity or compute_sanity(bench, zoo.manifest["models"], zoo.root)
     info = zoo.build_info
     if args.json:

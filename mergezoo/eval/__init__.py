@@ -3,7 +3,7 @@
 Example:
     >>> from mergezoo.eval import get_benchmark                 # doctest: +SKIP
     >>> bench = get_benchmark("digits-domains", size="tiny")
-    >>> zoo = bench.build()                     # cached under ~/.cache/mergezoo/zoos/
+    >>> zoo = build_zoo(bench)                     # cached under ~/.cache/mergezoo/zoos/
     >>> bench.evaluate(zoo.model_path("multitask"), split="test")
     {'group0-plain': 0.95, ...}
 """

@@ -38,7 +38,6 @@ from mergezoo.eval.spec import ID_COLUMN, LABEL_COLUMN, SPLITS, BenchmarkSpec, C
 if TYPE_CHECKING:  # imported lazily: datasets and torch are slow to import
     from datasets import Dataset, DatasetDict
 
-    from mergezoo.eval.zoo_cache import BenchmarkZoo
     from mergezoo.eval.training import JobRunner
     from mergezoo.eval.zoo_writer import ZooWriter
 
@@ -143,16 +142,7 @@ class Benchmark(ABC):
         name = cell.name if isinstance(cell, Cell) else self.cell(cell).name
         return self.data()[name][split]
 
-    # -- the zoo ----------------------------------------------------------------------------
-    def build(self, out: str | Path | None = None, *, force: bool = False,
-              sanity: bool = True, workers: int | None = None,
-              progress: bool = False) -> BenchmarkZoo:
-        """Build this benchmark's toy zoo (or reuse the cached one); see `zoo_cache.build_zoo`."""
-        from mergezoo.eval.zoo_cache import build_zoo
-
-        return build_zoo(self, out=out, force=force, sanity=sanity, workers=workers,
-                         progress=progress)
-
+    # -- the zoo (built by `zoo_cache.build_zoo(benchmark)`) ---------------------------------
     @property
     def has_zoo(self) -> bool:
         """Whether this benchmark builds its own toy zoo (`train_zoo`); a Hub definition

@@ -18,7 +18,9 @@ def reference_model(bench: Any, *, progress: bool = False) -> str | None:
     """The model a benchmark's models share their architecture with: its zoo's base (built
     if needed) for a benchmark with a toy zoo, the definition's `base_model` otherwise."""
     if bench.has_zoo:
-        return str(bench.build(progress=progress).model_path("base"))
+        from mergezoo.eval.zoo_cache import build_zoo  # datasets/torch: imported when used
+
+        return str(build_zoo(bench, progress=progress).model_path("base"))
     return bench.spec.base_model
 
 

@@ -8,7 +8,7 @@ few specs are kept loaded, so classifying or generating after a merge costs no m
 a slider costs one in-memory merge plus loading its weights into a model already in memory.
 
 Example:
-    >>> pg = Playground.from_zoo(get_benchmark("digits-domains", size="tiny").build())  # doctest: +SKIP
+    >>> pg = Playground.from_zoo(build_zoo(get_benchmark("digits-domains", size="tiny")))  # doctest: +SKIP
     >>> spec = MergeSpec(pg.expert_labels[:2], "ties", {"density": 0.2, "lambda": 1.0})
     >>> pg.merge(spec).seconds
     0.05

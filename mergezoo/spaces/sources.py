@@ -28,12 +28,12 @@ SIZE_TAG = "mergezoo-size:"
 def builtin_playgrounds(size: str = "default", benchmarks: tuple[str, ...] | list[str] = BUILTIN,
                         progress: bool = False) -> list[Playground]:
     """The built-in benchmarks' zoos (built, deterministically and offline, if not cached)."""
-    from mergezoo.eval import get_benchmark
+    from mergezoo.eval import build_zoo, get_benchmark
 
     out = []
     for name in benchmarks:
         bench = get_benchmark(name, size=size)
-        out.append(Playground.from_zoo(bench.build(progress=progress), bench))
+        out.append(Playground.from_zoo(build_zoo(bench, progress=progress), bench))
     return out
 
 
@@ -47,7 +47,7 @@ def zoo_playgrounds(folders: list[str | Path]) -> list[Playground]:
 def results_playgrounds(folder: str | Path) -> list[Playground]:
     """A `mergezoo bench` output folder: its benchmark's zoo (the one the run used, or the same
     definition rebuilt) with the run's results.json and plots for the Results tab."""
-    from mergezoo.eval import BenchmarkZoo, get_benchmark
+    from mergezoo.eval import BenchmarkZoo, build_zoo, get_benchmark
 
     root = Path(folder).expanduser()
     path = root / "results.json"
@@ -64,7 +64,7 @@ def results_playgrounds(folder: str | Path) -> list[Playground]:
         zoo = BenchmarkZoo(zoo_path)
     else:
         log.info("%s: the run's zoo %s is gone; building %s (%s)", root, zoo_path, name, size)
-        zoo = bench.build()
+        zoo = build_zoo(bench)
     return [Playground.from_zoo(zoo, bench, results_dir=root)]
 
 
@@ -74,7 +74,7 @@ def hub_playgrounds(repo_ids: list[str], base: str | None = None,
     benchmark (their cards carry `mergezoo-bench:<name>` and `mergezoo-size:<size>` tags, as a
     pushed zoo's do). The base is `base`, else the first expert's card `base_model` (a bare
     name is looked up in the expert's namespace)."""
-    from mergezoo.eval import get_benchmark
+    from mergezoo.eval import build_zoo, get_benchmark
     from mergezoo.zoo.pull import pull_model
 
     if not repo_ids:

@@ -23,7 +23,7 @@ def zoo_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def digits_tiny(zoo_cache):
     """(benchmark, zoo) for digits-domains at size tiny, built once per session."""
-    from mergezoo.eval import get_benchmark
+    from mergezoo.eval import build_zoo, get_benchmark
 
     bench = get_benchmark("digits-domains", size="tiny")
-    return bench, bench.build()
+    return bench, build_zoo(bench)

@@ -22,7 +22,7 @@ from mergezoo.eval.zoo_writer import hash_tree
 @pytest.fixture(scope="module")
 def diffusion_tiny(zoo_cache):
     bench = get_benchmark("digits-diffusion", size="tiny")
-    return bench, bench.build(workers=2)
+    return bench, build_zoo(bench, workers=2)
 
 
 def test_styles_and_conditioning():

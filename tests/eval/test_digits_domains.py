@@ -121,7 +121,7 @@ def test_rebuild_gives_identical_file_hashes(digits_tiny, tmp_path):
 def test_cached_zoo_is_reused_not_rebuilt(digits_tiny):
     bench, zoo = digits_tiny
     stamp = (zoo.root / "zoo.json").stat().st_mtime_ns
-    again = get_benchmark("digits-domains", size="tiny").build()
+    again = build_zoo(get_benchmark("digits-domains", size="tiny"))
     assert again.root == zoo.root
     assert (zoo.root / "zoo.json").stat().st_mtime_ns == stamp
     assert zoo.root.name.startswith("digits-domains-tiny-")

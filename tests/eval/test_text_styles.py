@@ -14,7 +14,7 @@ from mergezoo.eval.zoo_writer import hash_tree
 @pytest.fixture(scope="module")
 def text_tiny(zoo_cache):
     bench = get_benchmark("text-styles", size="tiny")
-    return bench, bench.build(workers=2)
+    return bench, build_zoo(bench, workers=2)
 
 
 def test_languages_are_deterministic_transforms():

@@ -30,13 +30,13 @@ def space_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_playgrounds(space_cache):
     """Playgrounds over the tiny digits-domains and digits-diffusion zoos, warmed."""
-    from mergezoo.eval import get_benchmark
+    from mergezoo.eval import build_zoo, get_benchmark
     from mergezoo.spaces.playground import Playground
 
     out = []
     for name in ("digits-domains", "digits-diffusion"):
         bench = get_benchmark(name, size="tiny")
-        out.append(Playground.from_zoo(bench.build(workers=2), bench))
+        out.append(Playground.from_zoo(build_zoo(bench, workers=2), bench))
     return out
 
 

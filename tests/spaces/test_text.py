@@ -9,12 +9,12 @@ from mergezoo.errors import SpaceInputError
 
 @pytest.fixture(scope="module")
 def text_app(space_cache):
-    from mergezoo.eval import get_benchmark
+    from mergezoo.eval import build_zoo, get_benchmark
     from mergezoo.spaces.app import SpaceApp
     from mergezoo.spaces.playground import Playground
 
     bench = get_benchmark("text-styles", size="tiny")
-    return SpaceApp([Playground.from_zoo(bench.build(workers=2), bench)])
+    return SpaceApp([Playground.from_zoo(build_zoo(bench, workers=2), bench)])
 
 
 def test_text_classification_side_by_side(text_app):

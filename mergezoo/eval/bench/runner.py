@@ -87,7 +87,7 @@ def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
               executor: Executor | None = None) -> dict[str, Any]:
     """Run a bench and write results.json, results.md and plots into `out`; return the
     results. `say` receives one line per step (the CLI prints them)."""
-    from mergezoo.eval import get_benchmark
+    from mergezoo.eval import build_zoo, get_benchmark
 
     say = say or log.info
     bench = get_benchmark(config.benchmark, size=config.size)
@@ -98,7 +98,7 @@ def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
     if reused:
         say(f"reusing the finished evaluations in {out}")
     say(f"building (or reusing) the {bench.name} zoo, size {bench.size} ...")
-    zoo = bench.build(progress=progress)
+    zoo = build_zoo(bench, progress=progress)
     seeds = config.seeds if config.seeds is not None else zoo.seeds()
     missing = sorted(set(seeds) - set(zoo.seeds()))
     if missing:

@@ -24,7 +24,7 @@ right. `score_cells` generates every cell's images in one sampling loop.
 Example:
     >>> from mergezoo.eval import get_benchmark                  # doctest: +SKIP
     >>> bench = get_benchmark("digits-diffusion", size="tiny")
-    >>> zoo = bench.build()
+    >>> zoo = build_zoo(bench)
     >>> bench.evaluate(zoo.model_path("expert", "group0-inverted", seed=0),
     ...                cells=["group0-inverted"])
     {'group0-inverted': 0.8}

@@ -28,7 +28,7 @@ held-out cell (the expert recipe). Preprocessing: grey pixels in [0, 1], normali
 
 Example:
     >>> bench = get_benchmark("digits-domains", size="tiny")               # doctest: +SKIP
-    >>> zoo = bench.build()
+    >>> zoo = build_zoo(bench)
     >>> bench.evaluate(zoo.model_path("expert", "group1-rotated", seed=0), cells=["group1-rotated"])
     {'group1-rotated': 0.85}
 """

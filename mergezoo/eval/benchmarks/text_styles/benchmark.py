@@ -19,7 +19,7 @@ engine merges it like any full fine-tune.
 Example:
     >>> from mergezoo.eval import get_benchmark                  # doctest: +SKIP
     >>> bench = get_benchmark("text-styles", size="tiny")
-    >>> zoo = bench.build()
+    >>> zoo = build_zoo(bench)
     >>> bench.evaluate(zoo.model_path("expert", "topic-piglatin", seed=0),
     ...                cells=["topic-piglatin"])
     {'topic-piglatin': 0.81}
