@@ -1,4 +1,4 @@
-"""The fused CPU kernels (mergezoo.merge.kernels) on their own: the policy that picks them,
+"""The fused CPU kernels (mergezoo.merge.accel.kernels) on their own: the policy that picks them,
 their finite checks, and the top-k bracket pass against plain torch references. (That each
 method's fused form gives the bytes of its torch function is in test_slicing.py.)"""
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from mergezoo.errors import ConfigurationError
-from mergezoo.merge import kernels
-from mergezoo.merge.ops import magnitude_bits
+from mergezoo.merge.accel import kernels
+from mergezoo.merge.topk import magnitude_bits
 
 pytest.importorskip("llvmlite")
 
@@ -128,7 +128,7 @@ def test_radix_selection_matches_a_sort():
 def test_kernels_compile_once_into_the_cache_and_survive_a_damaged_entry(tmp_path):
     """A kernel is compiled once and its object code cached; a later process loads it; a
     damaged cache entry is compiled again, not loaded (LLVM would crash on it)."""
-    script = ("import numpy as np, torch; from mergezoo.merge import kernels; "
+    script = ("import numpy as np, torch; from mergezoo.merge.accel import kernels; "
               "plan = kernels.Combine.linear([1.0, 2.0]); a = np.ones(37, np.float32); "
               "out = np.empty(37, np.float32); "
               "assert kernels.merge_slice(plan, a, [a, 2 * a], out, offset=0); "

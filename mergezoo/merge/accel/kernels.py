@@ -16,7 +16,7 @@ bytes with or without them; tests hold the two paths equal.
 Loading llvmlite and the cached kernels takes a few tens of milliseconds per process (a kernel
 not yet in the cache compiles in a fraction of a second). `MERGEZOO_KERNELS` sets the
 policy: `auto` (the default) uses the kernels when a method's declared saving
-(`MergeMethod.fused_saves`, seconds per billion parameter-models) times the merge's size
+(`plans.SAVES`, seconds per billion parameter-models, by configuration) times the merge's size
 exceeds that load time; `fused` always uses them; `eager` never does.
 
 Example:
@@ -44,15 +44,14 @@ import numpy as np
 import torch
 
 from mergezoo.errors import ConfigurationError, MergezooError
-from mergezoo.merge import jit
+from mergezoo.merge.accel import jit, kernel_code
+from mergezoo.merge.accel.kernel_code import (AT_LEAST, HARDSHRINK, KEEP_ALL, NO_SIGN,
+                                              SIGN_COUNT, SIGN_SUM, TOP_K_TIES)
 from mergezoo.merge.ops import (CHUNK, check_sign_rule, divisor_floor, drop_threshold,
                                 keep_probability, linear_divisor)
 
 logger = logging.getLogger(__name__)
 
-# Per-expert trim rules and sign election rules (see `Combine`).
-KEEP_ALL, HARDSHRINK, TOP_K_TIES, AT_LEAST = 0, 1, 2, 3
-NO_SIGN, SIGN_SUM, SIGN_COUNT = 0, 1, 2
 
 
 @functools.cache
@@ -60,7 +59,6 @@ def _code():
     """The IR generator, or None where llvmlite cannot load (merges then run the eager torch
     functions)."""
     try:
-        from mergezoo.merge import kernel_code
         jit._machine()
     except (ImportError, OSError, RuntimeError):  # pragma: no cover - broken installs only
         logger.warning("fused merge kernels unavailable; merging with torch", exc_info=True)
@@ -404,7 +402,7 @@ _scan_scratch = threading.local()  # band_scan's gather buffer, one per compute 
 def band_scan(base: np.ndarray, experts: list[np.ndarray], low: list[int],
               high: list[int]) -> list[tuple[int, np.ndarray]]:
     """For each task vector experts[i] - base: how many magnitudes (as float32 bits) are
-    above `high[i]`, and the bits of those within [low[i], high[i]], in order (`ops.TopKCut`'s
+    above `high[i]`, and the bits of those within [low[i], high[i]], in order (`topk.TopKCut`'s
     bracket pass), in one pass that reads the base once."""
     n, size = len(experts), base.shape[0]
     _check_arrays("band_scan", [base, *experts], size, (base.dtype,) if base.dtype in
