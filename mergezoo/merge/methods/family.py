@@ -197,10 +197,11 @@ def family_method(name: str, row: Row, **registration: Any) -> Callable:
     hyperparameters (its keyword-only parameters, with their defaults and types) and its
     docstring; its merge is `apply(configure(row, hp), x)`.
 
-    Example:
-        >>> @family_method("my_ta", Row(), paper="https://example.org", needs=None, grid={})
+    Example (registers a method: not run here):
+        >>> @family_method("my_ta", Row(), paper="https://example.org",  # doctest: +SKIP
+        ...                needs=Needs(base=True), per_model=("weight",), grid={})
         ... def my_ta(*, weight: list[float] = 1.0, lambda_: float = 1.0):
-        ...     '''A task arithmetic.'''             # doctest: +SKIP
+        ...     '''theta_0 + lambda * sum_i w_i tau_i.'''
     """
     def register(declaration: Callable) -> Callable:
         @functools.wraps(declaration)
