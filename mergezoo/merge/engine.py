@@ -5,7 +5,7 @@ input (on a background thread, while the previous tensor is being merged), merge
 compute device, and streams the result to disk on a second thread. Peak memory is about two
 sets of (N+1) input tensors plus the method's temporaries, whatever the size of the model.
 On CPU, element-wise methods keep the inputs in their own dtype and merge slice by slice on
-several threads (see `mergezoo.merge.slicing`); other methods and CUDA get whole tensors in
+several threads (see `mergezoo.merge.accel.slicing`); other methods and CUDA get whole tensors in
 the compute dtype.
 
 Example:
@@ -32,12 +32,14 @@ from tqdm.auto import tqdm
 
 from mergezoo.errors import (BadCheckpointError, BadTensorError, IncompatibleModelsError,
                              RecipeError, UnsafePathError)
-from mergezoo.merge import kernels
+from mergezoo.merge import statistics
+from mergezoo.merge.accel import kernels, plans
+from mergezoo.merge.accel.slicing import SlicedTensor, merge_sliced, new_scratch
 from mergezoo.merge.buffers import BufferRing
 from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
 from mergezoo.merge.options import MergeOptions
-from mergezoo.merge.registry import MergeInputs, MergeMethod, ModelStream, get_method
-from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
+from mergezoo.merge.registry import get_method
+from mergezoo.merge.spec import MergeInputs, MergeMethod, ModelStream
 from mergezoo.merge.threads import torch_threads
 from mergezoo.merge.sources import TensorSource
 from mergezoo.merge.writer import ShardedSafetensorsWriter, atomic_output_dir
@@ -167,15 +169,6 @@ def _first_bad_input(key: str, sources: list[TensorSource]) -> str | None:
     return None
 
 
-def _use_kernels(mode: str, saves: float, entries: int) -> bool:
-    """Whether a merge should try the fused kernels, in kernel `mode` (see `MergeOptions`):
-    `saves` is the method's saving in seconds per 1e9 entries (parameters x models), `entries`
-    the merge's size. `kernels.load` then says whether they run here at all."""
-    if mode == "eager":
-        return False
-    return mode == "fused" or saves * entries / 1e9 > kernels.LOAD_SECONDS
-
-
 def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                   out_dir: str | Path, base: TensorSource | None = None,
                   params: dict[str, Any] | None = None,
@@ -242,8 +235,7 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                            sliced=sliced, exact=exact, add_base=not output_delta)
     float_keys = [k for k in keys if reference.dtype(k).is_floating_point]
     entries = sum(math.prod(plan[k][0]) for k in float_keys) * len(models)
-    if sliced and spec.fused is not None and _use_kernels(options.kernels, spec.fused_saves,
-                                                          entries):
+    if sliced and plans.worth_it(spec.family, entries, options.kernels):
         merger.fused = kernels.load({reference.dtype(k) for k in float_keys},
                                     {plan[k][1] for k in float_keys}, len(models), use_base)
     in_ring = BufferRing(slots=len(inputs))
@@ -294,7 +286,7 @@ def merge_sources(method: str | MergeMethod, models: list[TensorSource], *,
                                          thread_name_prefix="mergezoo-compute")
     try:
         with torch_threads(1 if sliced else None):
-            merger.state = spec.prepare(stream, kwargs) if spec.prepare else None
+            merger.model_stats = statistics.for_model(spec, kwargs, stream)
             with atomic_output_dir(out_dir, overwrite=options.overwrite) as tmp:
                 if prepare_output:
                     prepare_output(tmp)
@@ -363,7 +355,7 @@ class _TensorMerger:
     seed: int
     sources: list[TensorSource]  # base first when used, as the tensors passed in
     sliced: bool  # element-wise, slice by slice, from the inputs' own dtype (CPU)
-    state: Any = None  # what the method's `prepare` pass returned
+    model_stats: dict[str, Any] | None = None  # the method's whole-model statistics
     scratch: list[list[torch.Tensor]] | None = None  # slice buffers, a set per compute thread
     pool: ThreadPoolExecutor | None = None  # compute threads for slice-by-slice merging
     workers: int = 1
@@ -384,7 +376,7 @@ class _TensorMerger:
         base = on_device[0] if self.use_base else None
         models = on_device[1:] if self.use_base else on_device
         x = MergeInputs(key=key, base=base, models=models, seeds=self.seeds(key, len(models)),
-                        state=self.state, owned=True)
+                        owned=True)
         if self.exact and base is not None:
             # B @ A * scaling in float32 from the factors, not (W + dW) - W after rounding.
             deltas = []
@@ -415,8 +407,9 @@ class _TensorMerger:
                 self.scratch = [new_scratch(len(tensors), self.dtype)
                                 for _ in range(self.workers)]
             view = self.view(key, tensors)
-            finite = merge_sliced(self.spec, hp, view, out, state=self.state, scale=scale,
-                                  seeds=self.seeds(key, view.n_models), scratch=self.scratch)
+            finite = merge_sliced(self.spec, hp, view, out, model_stats=self.model_stats,
+                                  scale=scale, seeds=self.seeds(key, view.n_models),
+                                  scratch=self.scratch)
         else:
             finite = self._merge_whole(key, tensors, hp, scale, out)
         if finite and out.dtype in NARROW_DTYPES:  # these can overflow in the cast
@@ -434,6 +427,12 @@ class _TensorMerger:
     def _merge_whole(self, key: str, tensors: list[torch.Tensor], hp: dict[str, Any],
                      scale: float, out: torch.Tensor) -> bool:
         x = self.inputs(key, tensors)
+        if self.spec.statistics is not None and x.base is not None:
+            # Computed over the task vectors (in place over the models: x owns them).
+            view = statistics.WholeTensorView(x.deltas)
+            x.stats = statistics.for_tensor(self.spec, hp, view, self.model_stats)
+        elif self.model_stats:
+            x.stats = dict(self.model_stats)
         merged = self.spec.fn(x, **hp)
         if self.spec.returns == "delta":
             merged = merged.mul_(scale) if scale != 1.0 else merged

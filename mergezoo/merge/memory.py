@@ -3,8 +3,8 @@
 The same method definitions as the streaming engine: each tensor is merged by the registered
 method's function (`spec.fn(MergeInputs(...), **hp)`) with the hyperparameters checked by
 `spec.resolve`, per-layer settings evaluated by the engine's `_specialize`, LiNeS, the
-method's `prepare` pass, the engine's per-tensor random seeds, and a `per_tensor` pass whose
-top-k cuts are cached per (expert, tensor, k). What a grid repeats is done once per grid:
+method's declared statistics (`mergezoo.merge.statistics`), with the top-k cuts cached per
+(expert, tensor, k), and the engine's per-tensor random seeds. What a grid repeats is done once per grid:
 
 - task vectors (expert - base, in the compute dtype) are computed when the object is built;
 - a method registered with `linear="lambda"` multiplies its merged task vector by lambda as
@@ -33,13 +33,15 @@ import numpy as np
 import torch
 
 from mergezoo.errors import BadTensorError, IncompatibleModelsError, RecipeError
-from mergezoo.merge import kernels
+from mergezoo.merge import statistics
+from mergezoo.merge.accel import kernels
 from mergezoo.merge.engine import _specialize, check_compatible, check_counts, pick_device
 from mergezoo.merge.layers import LiNeS, layer_positions
-from mergezoo.merge.ops import TopKCut, magnitude_bits
-from mergezoo.merge.registry import MergeInputs, MergeMethod, ModelStream, get_method
-from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
+from mergezoo.merge.registry import get_method
+from mergezoo.merge.spec import MergeInputs, MergeMethod, ModelStream
+from mergezoo.merge.accel.slicing import SlicedTensor, merge_sliced, new_scratch
 from mergezoo.merge.threads import torch_threads
+from mergezoo.merge.topk import TopKCut
 from mergezoo.merge.sources import StateDictSource, TensorSource, is_lora_folder, open_source
 
 StateDict = dict[str, torch.Tensor]
@@ -63,7 +65,7 @@ class _Shared:
     merged: OrderedDict = field(default_factory=OrderedDict)  # LRU of unscaled merges
     merged_bytes: int = 0
     cuts: dict = field(default_factory=dict)  # (expert, key, k) -> TopKCut
-    states: dict = field(default_factory=dict)  # prepare passes' results
+    states: dict = field(default_factory=dict)  # whole-model statistics
     zeros: torch.Tensor | None = None  # the zero "base" of slice-by-slice merges of deltas
     scratch: dict = field(default_factory=dict)  # thread -> inputs -> slice buffers
     seen_ks: dict = field(default_factory=dict)  # (expert, key) -> the ks cut so far
@@ -113,30 +115,20 @@ class _Shared:
             self.merged_bytes -= sum(t.numel() * t.element_size() for t in old.values())
 
 
-class _WholeTensorView:
-    """A method's `per_tensor` pass over whole task vectors (one slice, index 0): the part
-    of `slicing.SlicedTensor` that `per_tensor` functions read, with each top-k cut cached."""
+class _WholeTensorView(statistics.WholeTensorView):
+    """The statistics' view of one tensor's whole task vectors, with each top-k cut cached
+    per (expert, tensor, k) across merges."""
 
     def __init__(self, shared: _Shared, key: str, experts: list[int]) -> None:
+        super().__init__([shared.deltas[i][key] for i in experts])
         self.shared, self.key, self.experts = shared, key, experts
-        self.n = shared.deltas[experts[0]][key].numel() if shared.deltas else 0
-        self.n_models = len(experts)
 
-    def top_k_cuts(self, ks: list[int | None], of: list[int] | None = None) -> list[TopKCut | None]:
-        of = list(range(len(ks))) if of is None else of
-        cuts = []
-        for k, i in zip(ks, of):
-            if k is None:
-                cuts.append(None)
-                continue
-            expert = self.experts[i]
-            found = self.shared.cuts.get((expert, self.key, k))
-            if found is None:
-                flat = self.shared.deltas[expert][self.key].reshape(-1)
-                found = TopKCut.find(lambda part: magnitude_bits(flat[part]), self.n, k)
-                self.shared.cuts[(expert, self.key, k)] = found
-            cuts.append(found)
-        return cuts
+    def top_k_cut(self, i: int, k: int) -> TopKCut:
+        ident = (self.experts[i], self.key, k)
+        found = self.shared.cuts.get(ident)
+        if found is None:
+            found = self.shared.cuts[ident] = super().top_k_cut(i, k)
+        return found
 
 
 class _CachingSlicedTensor(SlicedTensor):
@@ -343,7 +335,7 @@ class TaskVectors:
         fixed = {k: v for k, v in kwargs.items() if k != linear}
         ident = (spec.name, tuple(self._experts), repr(sorted(fixed.items())),
                  seed if spec.random else None)
-        state = self._prepare(spec, kwargs, ident) if spec.prepare else None
+        state = self._prepare(spec, kwargs, ident) if spec.model_statistics else None
         cached = sh.merged.get(ident) if linear else None
         if cached is not None:
             sh.merged.move_to_end(ident)
@@ -387,8 +379,7 @@ class TaskVectors:
             sh.remember(ident, fresh)
         return out
 
-    def _inputs(self, spec: MergeMethod, key: str, use_base: bool, seed: int,
-                state: Any) -> MergeInputs:
+    def _inputs(self, spec: MergeMethod, key: str, use_base: bool, seed: int) -> MergeInputs:
         """One tensor of every selected expert, as the engine hands it to a method: fresh
         copies the method may work on in place (`owned`)."""
         sh = self._shared
@@ -401,18 +392,20 @@ class TaskVectors:
             deltas = [sh.deltas[i][key].clone() for i in self._experts]
         seeds = ([zlib.crc32(f"{seed}/{key}/{i}".encode()) for i in range(len(self._experts))]
                  if spec.random else None)
-        return MergeInputs(key=key, base=base, models=models, seeds=seeds, state=state,
-                           owned=True, _deltas=deltas)
+        return MergeInputs(key=key, base=base, models=models, seeds=seeds, owned=True,
+                           _deltas=deltas)
 
     def _merge_one(self, spec: MergeMethod, hp: dict, key: str, use_base: bool, state: Any,
                    seed: int) -> torch.Tensor:
         if self._sliced(spec, use_base) and spec.slices(hp):
             return self._merge_sliced(spec, hp, key, state, seed)
-        x = self._inputs(spec, key, use_base, seed, state)
-        if spec.per_tensor is not None and use_base:
-            # The whole tensor is the method's one slice (index 0), cut where the cached
-            # per-tensor pass found.
-            x.tensor_state = spec.per_tensor(_WholeTensorView(self._shared, key, self._experts), hp)
+        x = self._inputs(spec, key, use_base, seed)
+        if spec.statistics is not None and use_base:
+            # Over the cached task vectors, with the top-k cuts cached across merges.
+            x.stats = statistics.for_tensor(
+                spec, hp, _WholeTensorView(self._shared, key, self._experts), state)
+        elif state:
+            x.stats = dict(state)
         try:
             return spec.fn(x, **hp)
         except ValueError as err:  # the method's own refusal (e.g. slerp of three models)
@@ -434,7 +427,7 @@ class TaskVectors:
         shape = sh.base[key].shape
         deltas = [sh.deltas[i][key].reshape(-1) for i in self._experts]
         inputs = [sh.zero(deltas[0].numel())] + deltas
-        fused = bool(spec.fused) and sh.dtype == torch.float32 and kernels.enabled() \
+        fused = spec.family is not None and sh.dtype == torch.float32 and kernels.available() \
             and kernels.load({sh.dtype}, {sh.dtype}, len(deltas), True)
         out = torch.empty(deltas[0].numel(), dtype=sh.dtype)
         # Slice buffers for the torch functions, one set per thread (tensors are merged on
@@ -450,14 +443,15 @@ class TaskVectors:
                                         dtype=sh.dtype, pool=None, fused=fused,
                                         shape=tuple(shape))
             try:
-                merge_sliced(spec, hp, view, out, seeds=seeds, state=state, scratch=scratch)
+                merge_sliced(spec, hp, view, out, seeds=seeds, model_stats=state,
+                             scratch=scratch)
             except ValueError as err:
                 raise IncompatibleModelsError(
                     f"tensor '{key}': {spec.name} failed: {err}") from err
         return out.view(shape)
 
     def _prepare(self, spec: MergeMethod, kwargs: dict, ident: tuple) -> Any:
-        """The method's whole-model pass (e.g. TIES's model-wide thresholds), once per
+        """The method's whole-model statistics (e.g. TIES's model-wide thresholds), once per
         (method, experts, hyperparameters)."""
         sh = self._shared
         if ident not in sh.states:
@@ -465,9 +459,10 @@ class TaskVectors:
 
             def tensors() -> Iterator[MergeInputs]:
                 for key in sh.float_keys:
-                    yield self._inputs(spec, key, use_base, 0, None)
+                    yield self._inputs(spec, key, use_base, 0)
             entries = sum(sh.reference[k].numel() for k in sh.float_keys)
-            sh.states[ident] = spec.prepare(ModelStream(tensors, None, entries=entries), kwargs)
+            sh.states[ident] = statistics.for_model(
+                spec, kwargs, ModelStream(tensors, None, entries=entries))
         return sh.states[ident]
 
     def _check_finite(self, key: str, merged: torch.Tensor, use_base: bool) -> None:

@@ -11,11 +11,11 @@ Example:
 
 from __future__ import annotations
 
-import struct
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
+
+from mergezoo.merge.topk import Selection, TopKCut, magnitude_bits
 
 
 def stack_weights(weights: list[float], like: torch.Tensor) -> torch.Tensor:
@@ -24,42 +24,22 @@ def stack_weights(weights: list[float], like: torch.Tensor) -> torch.Tensor:
     return w.view(-1, *([1] * (like.dim() - 1)))
 
 
-BUCKETS = 1 << 16
-SIGN_BIT = -(1 << 31)  # int32 with only the sign bit set
-SMALL = 1 << 18  # below this many entries, selection beats two 65,536-bucket histograms
-
-
-def bucket_of_kth(hist: torch.Tensor, k: int) -> tuple[int, int]:
-    """Given a histogram over ordered buckets, the bucket holding the k-th largest value and
-    that value's rank (1-based, from the top) inside the bucket."""
-    from_top = hist.flip(0).cumsum(0)
-    idx = int(torch.searchsorted(from_top, torch.tensor(k, dtype=from_top.dtype)))
-    bucket = hist.numel() - 1 - idx
-    return bucket, k - int(from_top[idx] - hist[bucket])
-
-
-def magnitude_bits(values: torch.Tensor) -> torch.Tensor:
-    """|values| as float32 bit patterns (int32), which order exactly like the magnitudes."""
-    return values.abs().to(torch.float32).reshape(-1).view(torch.int32)
-
-
-def float_of_bits(bits: int) -> float:
-    """The float32 whose bit pattern is `bits` (the inverse of `magnitude_bits`)."""
-    return struct.unpack("<f", struct.pack("<i", bits))[0]
-
-
 def kept_count(numel: int, density: float) -> int:
     """How many entries a trim to `density` keeps: int(density * n), as mergekit does, but >= 1."""
     return max(1, int(density * numel))
 
 
 def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | None = None,
-                      *, owned: bool = False) -> torch.Tensor:
-    """Keep the top-`density` fraction of `delta` by magnitude, zero the rest.
+                      *, selection: Selection | None = None, owned: bool = False) -> torch.Tensor:
+    """Keep the top-`density` fraction of `delta` by magnitude (int(density n), at least 1,
+    ties by position), zero the rest.
 
-    With `threshold` (from a whole-model pass), keep every entry with |delta| >= threshold.
-    With `owned`, `delta` is trimmed in place.
+    With `threshold` (a whole-model statistic), keep every entry with |delta| >= threshold;
+    with `selection` (the tensor's top-k, computed over the whole tensor), the entries it
+    keeps. With `owned`, `delta` is trimmed in place.
     """
+    if selection is not None:
+        return selection.apply(delta if owned else delta.clone())
     if threshold is not None:
         keep = delta.abs() >= threshold
     elif density >= 1:
@@ -71,198 +51,7 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: float | No
     return delta.mul_(keep) if owned else delta * keep
 
 
-Magnitudes = Callable[[slice], torch.Tensor]  # a slice of a flat tensor -> its magnitude bits
-# (part, low, high) -> (how many magnitude bits in part are > high, those in [low, high])
-BandScan = Callable[[slice, int, int], "tuple[int, torch.Tensor]"]
-# (part, lows, highs) -> BandScan's answer for every task vector of a tensor, in one pass
-BandScanAll = Callable[[slice, list[int], list[int]], "list[tuple[int, np.ndarray]]"]
-
-
-def band_of(bits_of: Magnitudes) -> BandScan:
-    """The bracket pass's scan of one part, in torch operations."""
-    def scan(part: slice, low: int, high: int) -> tuple[int, torch.Tensor]:
-        b = bits_of(part)
-        # Comparisons that produce booleans are slow on CPU; in-place integer arithmetic is
-        # not. b > high is clamp(b - high, 0, 1); low <= b <= high is an unsigned
-        # b - low <= high - low, a signed comparison once the sign bits are flipped (bits are
-        # >= 0: no overflow).
-        above = int((b - high).clamp_(0, 1).sum())
-        band = (b - low).bitwise_xor_(SIGN_BIT).le_((high - low) ^ SIGN_BIT)
-        return above, b[band.bool()]
-    return scan
-
-
-def kth_smallest(values: torch.Tensor, ranks: list[int]) -> list[int]:
-    """The `ranks`-th smallest (1-based) of a flat integer tensor. On CPU numpy's introselect,
-    many times faster than torch.kthvalue (8 ms against 0.5 ms for 600,000 entries here);
-    `kernels.kth_smallest` is faster still on magnitudes with many equal values."""
-    if values.device.type == "cpu":
-        picked = np.partition(values.numpy(), [r - 1 for r in ranks])
-        return [int(picked[r - 1]) for r in ranks]
-    return [int(torch.kthvalue(values, r).values) for r in ranks]
-
-
-SAMPLE = 32768  # entries in the strided sample that brackets a top-k cut
-
-
-def sample_part(n: int) -> slice:
-    """The strided part of a flat tensor of `n` entries that brackets its top-k cut."""
-    return slice(0, n, max(1, n // SAMPLE))
-
-
-def bracket(sample: torch.Tensor, n: int, k: int) -> tuple[int, int]:
-    """Magnitude bits (low, high) that very likely hold the k-th largest of `n` entries,
-    judged from a strided sample of their magnitude bits: its values ranked a margin of four
-    standard deviations of a sample rank above and below the cut's expected rank."""
-    m = sample.numel()
-    rank = k / n * m
-    margin = int(4 * (rank * (1 - k / n)) ** 0.5) + 16
-    high, low = kth_smallest(sample, [m - max(0, int(rank) - margin),
-                                      m - min(m - 1, int(rank) + margin)])
-    return low, high
-
-
-def kth_in_range(values: torch.Tensor, ranks: list[int], low: int, high: int) -> list[int]:
-    """`kth_smallest` of integers within [low, high]: by a histogram when the range is small
-    against their number (bf16 task vectors' magnitudes near a cut: a few dozen distinct
-    values), else by selection."""
-    if high - low >= max(BUCKETS, values.numel()):
-        return kth_smallest(values, ranks)
-    counts = np.cumsum(np.bincount(values.numpy() - np.int32(low), minlength=high - low + 1))
-    return [low + int(np.searchsorted(counts, r)) for r in ranks]
-
-
-def resolve_band(above: int, bands: list, k: int, low: int, high: int,
-                 select: Callable = kth_in_range) -> tuple[int, list[int], list[int]] | None:
-    """The exact top-k cut from a bracket pass: `above` entries are above `high`, `bands[j]`
-    holds part j's magnitude bits within [low, high], in order. Returns the threshold, how
-    many entries equal to it each part keeps (the first ones, in part order) and how many it
-    has, or None when the bracket missed the cut. `select(values, ranks, low, high)` finds
-    the threshold among the band's values (`kth_in_range`, or a fused kernel's)."""
-    bands = [b.cpu().numpy() if isinstance(b, torch.Tensor) else b for b in bands]
-    candidates = np.concatenate(bands) if len(bands) > 1 else bands[0]
-    need = k - above
-    if not 0 < need <= candidates.size:
-        return None
-    threshold, = select(torch.from_numpy(candidates), [candidates.size - need + 1], low, high)
-    ties = need - int(np.count_nonzero(candidates > threshold))
-    # The tied entries that belong to the top k are the first `ties` of them, in part order.
-    equal = [int(np.count_nonzero(b == threshold)) for b in bands]
-    kept = []
-    for count in equal:
-        kept.append(min(ties, count))
-        ties -= kept[-1]
-    return threshold, kept, equal
-
-
-def _radix_threshold(bits_of: Magnitudes, k: int, parts: list[slice],
-                     device: torch.device) -> tuple[int, list[int], list[int]]:
-    """Exact fallback of `TopKCut.find`: radix selection with two 65,536-bucket histograms."""
-    high = torch.zeros(BUCKETS, dtype=torch.int64, device=device)
-    for part in parts:
-        high += torch.bincount(bits_of(part) >> 16, minlength=BUCKETS)
-    bucket, rank = bucket_of_kth(high, k)
-    low = torch.zeros_like(high)
-    for part in parts:
-        b = bits_of(part)
-        low += torch.bincount(b[(b >> 16) == bucket] & 0xFFFF, minlength=BUCKETS)
-    low_bits, _ = bucket_of_kth(low, rank)
-    threshold = (bucket << 16) | low_bits
-    ties = k - int(high[bucket + 1:].sum()) - int(low[low_bits + 1:].sum())
-    equal = [int(torch.count_nonzero(bits_of(part) == threshold)) for part in parts]
-    allowed = []
-    for count in equal:  # the tied entries that belong to the top k come first
-        allowed.append(min(ties, count))
-        ties -= allowed[-1]
-    return threshold, allowed, equal
-
-
-class TopKCut:
-    """The `k` largest magnitudes of a flat tensor of `n` entries (ties broken by position), as
-    a cut applied part by part, in any order: in part `j`, entries above `threshold` (float32
-    bits of a magnitude) are kept, and of the `equal[j]` entries equal to it, the first
-    `ties[j]`.
-
-    `bits_of(part)` gives the magnitude bits of any slice of the tensor, strided ones too, so
-    the tensor itself need not exist in memory: the engine computes task-vector slices on the
-    fly from the inputs.
-
-    Finding a cut takes a strided sample that brackets the threshold, one pass that counts the
-    entries above the bracket and gathers those inside it (a few percent of them), and an exact
-    histogram or selection among those (`resolve_band`); radix selection when the bracket
-    misses.
-
-    Example:
-        >>> flat = torch.tensor([0.5, -2.0, 0.5, 1.0])
-        >>> cut = TopKCut.find(lambda part: magnitude_bits(flat[part]), 4, k=2)
-        >>> cut.apply(flat.clone(), 0)
-        tensor([ 0., -2.,  0.,  1.])
-    """
-
-    def __init__(self, threshold: int, ties: list[int], equal: list[int]) -> None:
-        self.threshold = threshold
-        self.ties = ties
-        self.equal = equal
-
-    @classmethod
-    def find(cls, bits_of: Magnitudes, n: int, k: int, parts: list[slice] | None = None,
-             device: torch.device | str = "cpu", select: Callable = kth_smallest) -> "TopKCut":
-        """The cut, with the bracket pass in torch operations (see `band_of`); `select(values,
-        ranks)` is the plain selection of a small tensor (`kernels.kth_smallest` is faster)."""
-        parts = parts or [slice(0, n)]
-        if n <= SMALL:  # a plain selection beats histograms and sampling here
-            bits = bits_of(slice(0, n))
-            threshold, = select(bits, [bits.numel() - k + 1])
-            return cls(threshold, [k - int(torch.count_nonzero(bits > threshold))],
-                       [int(torch.count_nonzero(bits == threshold))])
-        scan = band_of(bits_of)
-        return cls.find_each([bits_of], n, [k], parts,
-                             lambda part, lows, highs: [scan(part, lows[0], highs[0])],
-                             device=device)[0]
-
-    @classmethod
-    def find_each(cls, bits_of: list[Magnitudes], n: int, ks: list[int], parts: list[slice],
-                  scan_all: BandScanAll, run: Callable = map,
-                  device: torch.device | str = "cpu",
-                  select: Callable = kth_in_range) -> "list[TopKCut]":
-        """`find` for the task vectors of one tensor (model i: `bits_of[i]`, `ks[i]`) at once:
-        `scan_all` does every bracket pass in one pass per part (the fused kernel reads the
-        base once for all of them). `run(fn, items)` maps over parts and models (a thread
-        pool's map); `select` finds a rank in a band (see `resolve_band`)."""
-        if n <= SMALL:  # `select` also takes (values, ranks) alone, except kth_in_range
-            small = kth_smallest if select is kth_in_range else select
-            return [cls.find(b, n, k, parts, select=small) for b, k in zip(bits_of, ks)]
-        brackets = list(run(lambda i: bracket(bits_of[i](sample_part(n)), n, ks[i]),
-                            range(len(ks))))
-        lows, highs = [b[0] for b in brackets], [b[1] for b in brackets]
-        scanned = list(run(lambda part: scan_all(part, lows, highs), parts))
-
-        def cut(i: int) -> TopKCut:
-            found = resolve_band(sum(s[i][0] for s in scanned), [s[i][1] for s in scanned],
-                                 ks[i], lows[i], highs[i], select)
-            return cls(*(found or _radix_threshold(bits_of[i], ks[i], parts,
-                                                    torch.device(device))))
-        return list(run(cut, range(len(ks))))
-
-    def keep(self, piece: torch.Tensor, j: int) -> torch.Tensor:
-        """Boolean mask of the entries of part `j` (given as `piece`) that are in the top k."""
-        b = magnitude_bits(piece)
-        if 0 < self.equal[j] <= self.ties[j]:  # every tied entry is kept
-            return (b >= self.threshold).view(piece.shape)
-        keep = b > self.threshold
-        if self.ties[j] > 0:
-            keep[torch.nonzero(b == self.threshold).squeeze(1)[:self.ties[j]]] = True
-        return keep.view(piece.shape)
-
-    def apply(self, piece: torch.Tensor, j: int) -> torch.Tensor:
-        """Part `j` with the entries that are not in the top k zeroed (maybe in place)."""
-        if self.ties[j] > 0:
-            return piece.mul_(self.keep(piece, j))
-        # |x| > threshold is exactly hardshrink's rule, in one fast operation.
-        return torch.nn.functional.hardshrink(piece, float_of_bits(self.threshold))
-
-
-def _top_k_slices(values: torch.Tensor, k: int) -> Iterator[tuple[slice, torch.Tensor]]:
+def _top_k_parts(values: torch.Tensor, k: int) -> Iterator[tuple[slice, torch.Tensor]]:
     """(slice, keep mask of that slice) over the flattened `values`, for the `k` largest
     magnitudes, ties broken by position."""
     flat = values.reshape(-1)
@@ -278,7 +67,7 @@ def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     if k >= n or k <= 0:
         return torch.full(values.shape, k >= n, dtype=torch.bool, device=values.device)
     mask = torch.empty(n, dtype=torch.bool, device=values.device)
-    for part, keep in _top_k_slices(values, k):
+    for part, keep in _top_k_parts(values, k):
         mask[part] = keep
     return mask.view(values.shape)
 
@@ -289,7 +78,7 @@ def keep_top_k_(delta: torch.Tensor, k: int) -> torch.Tensor:
     if k >= delta.numel():
         return delta
     flat = delta.view(-1)
-    for part, keep in _top_k_slices(delta, k):
+    for part, keep in _top_k_parts(delta, k):
         flat[part].mul_(keep)
     return delta
 
@@ -393,21 +182,88 @@ def rank_drop(delta: torch.Tensor, density: float, epsilon: float, key: int,
     return kept.view(delta.shape)
 
 
-def drop_outliers_and_small(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
-    """Model Breadcrumbs: drop the largest `gamma` fraction and the smallest entries by
-    magnitude so that a `density` fraction is left (mergekit's `magnitude_outliers`)."""
-    if density >= 1:
-        return delta
-    n = delta.numel()
-    n_keep = int(density * n)
-    n_top = int(gamma * n)
+def outlier_counts(n: int, density: float, gamma: float) -> tuple[int, int]:
+    """Model Breadcrumbs' ranks (mergekit's `magnitude_outliers`): of `n` entries by magnitude,
+    the `n_top` largest are outliers and the next `n_keep` are kept."""
+    n_keep, n_top = int(density * n), int(gamma * n)
     if n - n_keep - n_top < 0:  # not enough entries: drop fewer outliers
         n_top = n - n_keep
-    # Ranked by magnitude (ties by position), keep ranks n_top+1 .. n_top+n_keep.
-    keep = top_k_mask(delta, n_top + n_keep)
+    return n_keep, n_top
+
+
+def drop_outliers_and_small(delta: torch.Tensor, density: float, gamma: float, *,
+                            selections: tuple[Selection | None, Selection | None] | None = None
+                            ) -> torch.Tensor:
+    """Model Breadcrumbs: drop the largest `gamma` fraction and the smallest entries by
+    magnitude so that a `density` fraction is left (mergekit's `magnitude_outliers`): keep
+    ranks n_top+1 .. n_top+n_keep (`outlier_counts`, ties by position). With `selections`
+    (keep, outliers): the tensor's top n_top + n_keep and top n_top, computed over the whole
+    tensor (None: no such cut), applied to this part of it."""
+    if density >= 1:
+        return delta
+    if selections is not None:
+        keep, outliers = selections
+        mask = keep.keep(delta) if keep is not None else \
+            torch.ones(delta.shape, dtype=torch.bool, device=delta.device)
+        if outliers is not None:
+            mask &= ~outliers.keep(delta)
+        return delta * mask
+    n_keep, n_top = outlier_counts(delta.numel(), density, gamma)
+    mask = top_k_mask(delta, n_top + n_keep)
     if n_top:
-        keep &= ~top_k_mask(delta, n_top)
-    return delta * keep
+        mask &= ~top_k_mask(delta, n_top)
+    return delta * mask
+
+
+def consensus(deltas: list[torch.Tensor], weights: list[float], *, k: int, mask_lambda: float,
+              lambda_: float) -> torch.Tensor:
+    """Consensus merging with TALL masks (Wang et al., 2024): tau_MTL = sum_t w_t tau_t,
+    m_t = |tau_t| > mask_lambda |tau_MTL - tau_t| (strictly, as the official code's
+    `generate_task_masks`), then lambda * [sum_t m_t >= k] * tau_MTL."""
+    flat = [d.reshape(-1) for d in deltas]
+    merged = torch.empty(deltas[0].shape, dtype=flat[0].dtype, device=flat[0].device)
+    out = merged.view(-1)
+    for part in chunks(out.numel(), out.device):  # element-wise: slice by slice, in cache
+        stacked = torch.stack([d[part] for d in flat])
+        multitask = (stacked * stack_weights(weights, stacked)).sum(dim=0)
+        votes = tall_masks(stacked, multitask, mask_lambda).sum(dim=0)
+        out[part] = lambda_ * multitask * (votes >= k)
+    return merged
+
+
+def tall_masks(deltas: torch.Tensor, multitask: torch.Tensor, mask_lambda: float) -> torch.Tensor:
+    """TALL mask per task: the entries where |tau_t| > mask_lambda * |tau_MTL - tau_t|, strictly,
+    as the official code (`generate_task_masks`); at mask_lambda 0 a task votes for exactly
+    the entries its task vector changes."""
+    return deltas.abs() > mask_lambda * (multitask.unsqueeze(0) - deltas).abs()
+
+
+def gram(delta_of: Callable[[int, slice], torch.Tensor], n_models: int, parts: list[slice],
+         row: int | None, rows: int, run: Callable = map) -> torch.Tensor:
+    """float64 [rows, N, N] dot products of the task vectors (per row of `row` entries, or
+    one for the whole tensor), summed part by part in order: `delta_of(i, part)` gives model
+    i's task vector over a part, `run` maps over parts (a thread pool's map)."""
+    def part_gram(part: slice) -> tuple[int, torch.Tensor]:
+        ds = torch.stack([delta_of(i, part).reshape(-1) for i in range(n_models)])
+        if row is None:
+            return 0, torch.mm(ds, ds.T).double()[None]
+        first, last = part.start // row, (part.stop - 1) // row
+        ids = torch.arange(part.start, part.stop, device=ds.device) // row - first
+        local = torch.zeros(last - first + 1, n_models, n_models, dtype=torch.float64,
+                            device=ds.device)
+        for i in range(n_models):
+            for j in range(i, n_models):
+                local[:, i, j].index_add_(0, ids, (ds[i] * ds[j]).double())
+                local[:, j, i] = local[:, i, j]
+        return first, local
+
+    total = None
+    for first, local in run(part_gram, parts):
+        if total is None:
+            total = torch.zeros(rows, n_models, n_models, dtype=torch.float64,
+                                device=local.device)
+        total[first:first + local.shape[0]] += local
+    return total
 
 
 def _signed(delta: torch.Tensor, weight: float) -> torch.Tensor:

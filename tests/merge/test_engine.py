@@ -457,7 +457,7 @@ def test_whole_model_ties_thresholds_from_a_sampled_bracket_are_exact(tmp_path, 
     """TIES trimming over the whole model, with the fused kernels: thresholds from a strided
     sample's bracket and one gathering pass (`global_trim._bracketed`) are the exact k-th
     largest magnitudes that the radix passes find, so the merge is byte-identical."""
-    from mergezoo.merge import global_trim, kernels as fused_kernels
+    from mergezoo.merge.accel import global_trim, kernels as fused_kernels
 
     g = torch.Generator().manual_seed(5)
     base = {f"layer{i}.weight": torch.randn(300 + 40 * i, 257, generator=g).to(torch.bfloat16)

@@ -351,9 +351,9 @@ def failing_method(monkeypatch, name, exc, after=3):
             raise exc
         return spec.fn(x, **kwargs)
 
-    # Without its fused form, so that every tensor goes through `fn`.
+    # Without its family row (which the kernels compile), so that every tensor goes through `fn`.
     monkeypatch.setitem(registry._REGISTRY, spec.name,
-                        dataclasses.replace(spec, fn=fn, fused=None))
+                        dataclasses.replace(spec, fn=fn, family=None))
     return calls
 
 

@@ -19,7 +19,7 @@ import pytest
 from mergezoo.errors import ConfigurationError
 
 pytest.importorskip("llvmlite")
-from mergezoo.merge import jit  # noqa: E402
+from mergezoo.merge.accel import jit  # noqa: E402
 
 OTHER_UID = 54321  # no such user here; any uid that is not ours
 
@@ -70,7 +70,7 @@ def test_a_world_writable_default_folder_is_compiled_around_and_nothing_cached(
     kernels_dir.chmod(0o777)
     planted = _plant(kernels_dir, "mz_t_plant_mode")
     no_env.setenv("XDG_CACHE_HOME", str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="mergezoo.merge.jit"):
+    with caplog.at_level(logging.WARNING, logger="mergezoo.merge.accel.jit"):
         fn = jit.function("mz_t_plant_mode", _twice("mz_t_plant_mode"), ctypes.c_int64,
                           [ctypes.c_int64])
     assert fn(21) == 42

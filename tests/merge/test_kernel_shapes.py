@@ -14,7 +14,7 @@ from mergezoo.merge.engine import merge_sources
 from mergezoo.merge.sources import StateDictSource
 
 pytest.importorskip("llvmlite")
-from mergezoo.merge import kernels  # noqa: E402
+from mergezoo.merge.accel import kernels  # noqa: E402
 
 N = 1000
 

@@ -1,4 +1,4 @@
-"""The fused CPU kernels (mergezoo.merge.kernels) on their own: the policy that picks them,
+"""The fused CPU kernels (mergezoo.merge.accel.kernels) on their own: the policy that picks them,
 their finite checks, and the top-k bracket pass against plain torch references. (That each
 method's fused form gives the bytes of its torch function is in test_slicing.py.)"""
 
@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mergezoo.errors import ConfigurationError
-from mergezoo.merge import kernels
-from mergezoo.merge.ops import magnitude_bits
+from mergezoo.merge.accel import kernels
+from mergezoo.merge.topk import magnitude_bits
 
 pytest.importorskip("llvmlite")
 
@@ -24,27 +23,16 @@ def _bf16(t: torch.Tensor) -> np.ndarray:
     return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
 
 
-def test_mode_comes_from_the_environment_and_bad_values_are_named(monkeypatch):
-    monkeypatch.delenv("MERGEZOO_KERNELS", raising=False)
-    assert kernels.mode() == "auto"
-    monkeypatch.setenv("MERGEZOO_KERNELS", "Fused")
-    assert kernels.mode() == "fused"
-    monkeypatch.setenv("MERGEZOO_KERNELS", "fast")
-    with pytest.raises(ConfigurationError, match="MERGEZOO_KERNELS='fast'.*auto, fused, eager"):
-        kernels.mode()
-
-
 def test_auto_uses_the_kernels_only_when_they_save_more_than_loading_them(monkeypatch):
-    monkeypatch.setenv("MERGEZOO_KERNELS", "auto")
+    # The mode is an argument: the environment is read only by MergeOptions, as a default.
+    monkeypatch.setenv("MERGEZOO_KERNELS", "eager")
     per_billion = 5.0  # seconds saved per 1e9 parameters x models
     break_even = kernels.LOAD_SECONDS / per_billion * 1e9
     assert not kernels.worth_it(per_billion, int(break_even * 0.9))
     assert kernels.worth_it(per_billion, int(break_even * 1.1))
     assert not kernels.worth_it(0.0, 10**12)
-    monkeypatch.setenv("MERGEZOO_KERNELS", "fused")
-    assert kernels.worth_it(0.0, 1)
-    monkeypatch.setenv("MERGEZOO_KERNELS", "eager")
-    assert not kernels.worth_it(100.0, 10**12)
+    assert kernels.worth_it(0.0, 1, "fused")
+    assert not kernels.worth_it(100.0, 10**12, "eager")
 
 
 def test_load_reports_which_dtypes_the_kernels_read():
@@ -128,7 +116,7 @@ def test_radix_selection_matches_a_sort():
 def test_kernels_compile_once_into_the_cache_and_survive_a_damaged_entry(tmp_path):
     """A kernel is compiled once and its object code cached; a later process loads it; a
     damaged cache entry is compiled again, not loaded (LLVM would crash on it)."""
-    script = ("import numpy as np, torch; from mergezoo.merge import kernels; "
+    script = ("import numpy as np, torch; from mergezoo.merge.accel import kernels; "
               "plan = kernels.Combine.linear([1.0, 2.0]); a = np.ones(37, np.float32); "
               "out = np.empty(37, np.float32); "
               "assert kernels.merge_slice(plan, a, [a, 2 * a], out, offset=0); "

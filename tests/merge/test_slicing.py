@@ -1,4 +1,4 @@
-"""Slice-by-slice merging (mergezoo.merge.slicing), with the fused kernels and without, gives
+"""Slice-by-slice merging (mergezoo.merge.accel.slicing), with the fused kernels and without, gives
 exactly the tensors of merging whole tensors, for every element-wise method, on tensors that
 span several slices and whose task vectors tie at the trimming threshold across slice
 boundaries."""
@@ -10,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from mergezoo.merge import MergeInputs, get_method
-from mergezoo.merge.ops import (CHUNK, TopKCut, drop_threshold, keep_lanes, magnitude_bits,
-                                top_k_mask)
+from mergezoo.merge import MergeInputs, get_method, statistics
+from mergezoo.merge.ops import CHUNK, drop_threshold, keep_lanes, top_k_mask
 from mergezoo.merge.registry import list_methods
-from mergezoo.merge.slicing import SlicedTensor, merge_sliced, new_scratch
+from mergezoo.merge.spec import ModelStream
+from mergezoo.merge.topk import TopKCut, magnitude_bits
+from mergezoo.merge.accel.slicing import SlicedTensor, merge_sliced, new_scratch
 
 SHAPE = (700, 1000)  # 2.7 slices of CHUNK entries
 N_MODELS = 3
@@ -46,7 +47,7 @@ def _sliced(spec, kwargs, base, models, workers: int, *, fused: bool = False,
         assert len(view.parts) == 3
         assert (view.arrays is not None) == fused
         assert merge_sliced(spec, kwargs, view, out, seeds=_seeds(spec, len(models)),
-                            state=state, scratch=scratch)
+                            model_stats=state, scratch=scratch)
     return out
 
 
@@ -54,7 +55,7 @@ def _whole(spec, kwargs, base, models, state=None) -> torch.Tensor:
     """The method's torch function on the whole tensors: the reference."""
     whole_in = MergeInputs(key="w", base=base.float() if spec.needs.base else None,
                            models=[m.float() for m in models], seeds=_seeds(spec, len(models)),
-                           state=state, owned=True)
+                           stats=state, owned=True)
     whole = spec.fn(whole_in, **kwargs)
     return whole + base.float() if spec.returns == "delta" else whole
 
@@ -81,7 +82,8 @@ def test_slice_by_slice_is_the_same_on_one_or_two_threads(method, params):
     assert torch.equal(one, _whole(spec, kwargs, base, models))
 
 
-FUSED = [case for case in CASES if get_method(case[0]).fused is not None] + [
+FUSED = [case for case in CASES if get_method(case[0]).family is not None
+         and case[0] != "consensus"] + [
     ("ties", {"density": 0.3, "weight": 0.7, "normalize": False, "lambda": 1.3}),
     ("ties", {"density": 0.4, "trim_scope": "model"}),
     ("dare_ties", {"density": 0.5, "weight": -0.5, "rescale": False}),
@@ -100,9 +102,9 @@ def test_fused_kernels_give_the_bytes_of_the_torch_functions(method, params, out
     kwargs = spec.resolve(params, [], N_MODELS)
     state = None
     if kwargs.get("trim_scope") == "model":
-        state = spec.prepare(lambda: iter([MergeInputs(key="w", base=base.float(),
-                                                       models=[m.float() for m in models])]),
-                             kwargs)
+        state = statistics.for_model(
+            spec, kwargs, ModelStream(lambda: iter([MergeInputs(
+                key="w", base=base.float(), models=[m.float() for m in models])])))
     expected = _whole(spec, kwargs, base, models, state).to(out_dtype)
     for workers in (1, 2):
         got = _sliced(spec, kwargs, base, models, workers, fused=True, out_dtype=out_dtype,

@@ -1,13 +1,12 @@
-"""Built-in merge methods, one module each. Importing this package registers them all."""
+"""Built-in merge methods. Importing this package registers them all.
 
-from mergezoo.merge.methods import (  # noqa: F401
-    average,
-    breadcrumbs,
-    consensus,
-    dare,
-    della,
-    model_stock,
-    slerp,
-    task_arithmetic,
-    ties,
-)
+- `task_vectors`: the task-vector family's methods (average, task arithmetic, TIES, DARE,
+  Breadcrumbs, DELLA, Consensus), rows of one configuration (`family`);
+- `slerp`: spherical interpolation (slerp, multislerp, karcher);
+- `model_stock`: Model Stock.
+
+Defining a method imports no torch (the maths imports it when it runs) and no accelerator
+code.
+"""
+
+from mergezoo.merge.methods import model_stock, slerp, task_vectors  # noqa: F401

@@ -4,10 +4,12 @@ and `karcher` (the iterated spherical mean, Buss & Fillmore, 2001)."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from mergezoo.merge.ops import slerp_pair
-from mergezoo.merge.registry import Interval, MergeInputs, Needs, merge_method
+from mergezoo.merge.spec import Interval, MergeInputs, Needs, merge_method
+
+if TYPE_CHECKING:  # imported where the maths runs: listing the methods needs no torch
+    import torch
 
 
 def _pair(x: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,20 +24,24 @@ def _pair(x: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
               needs=Needs(base="optional", min_models=1, max_models=2), returns="weights",
               ranges={"t": Interval(0, 1)}, grid={"t": [0.1, 0.3, 0.5, 0.7, 0.9]},
               helps={"t": "0 gives the first model (the base, if given), 1 the second"})
-def slerp(x: MergeInputs, *, t: float = 0.5) -> torch.Tensor:
+def slerp(x: MergeInputs, *, t: float = 0.5) -> "torch.Tensor":
     """Interpolate along the great circle between the two flattened tensors:
     sin((1-t) theta) / sin(theta) * v0 + sin(t theta) / sin(theta) * v1, with theta their angle;
     linear interpolation when they are nearly colinear (|cos theta| > 0.9995), as mergekit."""
+    from mergezoo.merge.ops import slerp_pair
+
     v0, v1 = _pair(x)
     return slerp_pair(t, v0, v1)
 
 
 def karcher_mean(vectors: torch.Tensor, alphas: list[float], *, max_iter: int = 10,
-                 tol: float = 1e-5) -> torch.Tensor:
+                 tol: float = 1e-5) -> "torch.Tensor":
     """mergekit's `karcher_merge_tensors` on the rows of `vectors`: the weighted Riemannian
     mean of their directions (rows of norm <= tol take no part), by at most `max_iter`
     exponential-map steps from the normalised weighted mean of the unit rows, times
     sum_i alpha_i |v_i| (over every row)."""
+    import torch
+
     norms = vectors.float().norm(dim=1)
     valid = [i for i in range(vectors.shape[0]) if float(norms[i]) > tol]
     if not valid:
@@ -78,11 +84,13 @@ def _check_weights(kwargs: dict) -> None:
               helps={"weight": "relative weight of each model on the sphere",
                      "normalize_weights": "divide the weights by their sum"})
 def multislerp(x: MergeInputs, *, weight: list[float] = 1.0,
-               normalize_weights: bool = True) -> torch.Tensor:
+               normalize_weights: bool = True) -> "torch.Tensor":
     """mergekit's `multislerp`: barycentric interpolation on the hypersphere in one step.
     The unit vectors of the models (of their task vectors, when a base is given) are projected
     onto the tangent space at their normalised weighted mean, averaged there with the weights,
     mapped back by the exponential map, scaled by the weighted mean norm, plus the base."""
+    import torch
+
     if len(x.models) == 1:  # nothing to interpolate (mergekit returns the model)
         return x.models[0]
     eps = 1e-8
@@ -128,10 +136,12 @@ def _check_karcher(kwargs: dict) -> None:
               helps={"weight": "relative weight of each model (the base, if given, has 1)",
                      "max_iter": "most exponential-map steps", "tol": "convergence tolerance"})
 def karcher(x: MergeInputs, *, weight: list[float] = 1.0, max_iter: int = 10,
-            tol: float = 1e-5) -> torch.Tensor:
+            tol: float = 1e-5) -> "torch.Tensor":
     """mergekit's `karcher`: the Riemannian (Karcher) mean of the models' directions on the
     sphere, scaled by their weighted mean norm. As in mergekit the base, when given, is one more
     model (of weight 1), and the weights default to equal."""
+    import torch
+
     models = ([x.base] if x.base is not None else []) + list(x.models)
     if len(models) == 1:
         return models[0]

@@ -1,4 +1,4 @@
-"""The fused kernels as LLVM IR text, which `mergezoo.merge.jit` compiles (use `kernels`).
+"""The fused kernels as LLVM IR text, which `mergezoo.merge.accel.jit` compiles (use `kernels`).
 
 Each kernel is generated for one specialization: the number of experts (their loop is
 unrolled, so the per-expert values of an entry stay in registers), the input and output
@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mergezoo.merge.ir import (W, Acc, Emitter, add_reduce, f32, or_reduce, scalar_loop, vec,
+from mergezoo.merge.accel.ir import (W, Acc, Emitter, add_reduce, f32, or_reduce, scalar_loop, vec,
                                vector_loop)
-from mergezoo.merge.kernels import NO_SIGN, SIGN_SUM
 from mergezoo.merge.ops import GOLDEN
+
+# Per-expert trim rules and sign election rules (see `kernels.Combine`).
+KEEP_ALL, HARDSHRINK, TOP_K_TIES, AT_LEAST = 0, 1, 2, 3
+NO_SIGN, SIGN_SUM, SIGN_COUNT = 0, 1, 2
 
 EXPONENT = 0x7F800000  # float32 magnitude bits from which a value is Inf or NaN
 BF16_LIMIT = 0x7F7F8000  # float32 magnitude bits that round to bf16 Inf

@@ -21,10 +21,10 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from mergezoo.merge import kernels
-from mergezoo.merge.ops import (BUCKETS, bracket, bucket_of_kth, float_of_bits,
-                                magnitude_bits, resolve_band)
-from mergezoo.merge.registry import MergeInputs
+from mergezoo.merge.accel import kernels
+from mergezoo.merge.spec import MergeInputs
+from mergezoo.merge.topk import (BUCKETS, bracket, bucket_of_kth, float_of_bits,
+                                 magnitude_bits, resolve_band)
 
 SAMPLE = 1 << 20  # entries per expert in the whole-model sample that brackets a threshold
 

@@ -14,9 +14,9 @@ They compute exactly what the eager functions compute, operation for operation i
 bytes with or without them; tests hold the two paths equal.
 
 Loading llvmlite and the cached kernels takes a few tens of milliseconds per process (a kernel
-not yet in the cache compiles in a fraction of a second). `MERGEZOO_KERNELS` sets the
-policy: `auto` (the default) uses the kernels when a method's declared saving
-(`MergeMethod.fused_saves`, seconds per billion parameter-models) times the merge's size
+not yet in the cache compiles in a fraction of a second). The merge's kernel mode
+(`MergeOptions.kernels`) sets the policy: `auto` (the default) uses the kernels when a method's declared saving
+(`plans.SAVES`, seconds per billion parameter-models, by configuration) times the merge's size
 exceeds that load time; `fused` always uses them; `eager` never does.
 
 Example:
@@ -35,7 +35,6 @@ import ctypes
 import functools
 import hashlib
 import logging
-import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,16 +42,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mergezoo.errors import ConfigurationError, MergezooError
-from mergezoo.merge import jit
+from mergezoo.errors import MergezooError
+from mergezoo.merge.accel import jit, kernel_code
+from mergezoo.merge.accel.kernel_code import (AT_LEAST, HARDSHRINK, KEEP_ALL, NO_SIGN,
+                                              SIGN_COUNT, SIGN_SUM, TOP_K_TIES)
 from mergezoo.merge.ops import (CHUNK, check_sign_rule, divisor_floor, drop_threshold,
                                 keep_probability, linear_divisor)
 
 logger = logging.getLogger(__name__)
 
-# Per-expert trim rules and sign election rules (see `Combine`).
-KEEP_ALL, HARDSHRINK, TOP_K_TIES, AT_LEAST = 0, 1, 2, 3
-NO_SIGN, SIGN_SUM, SIGN_COUNT = 0, 1, 2
 
 
 @functools.cache
@@ -60,7 +58,6 @@ def _code():
     """The IR generator, or None where llvmlite cannot load (merges then run the eager torch
     functions)."""
     try:
-        from mergezoo.merge import kernel_code
         jit._machine()
     except (ImportError, OSError, RuntimeError):  # pragma: no cover - broken installs only
         logger.warning("fused merge kernels unavailable; merging with torch", exc_info=True)
@@ -83,32 +80,23 @@ def _kernel(name: str, build, restype, argtypes: list):
     return jit.function(name, lambda: build(code), restype, argtypes, source_key=_source_key())
 
 
-MODES = ("auto", "fused", "eager")
 
 
-def mode() -> str:
-    """`MERGEZOO_KERNELS`: auto (default), fused or eager (see the module docstring)."""
-    value = os.environ.get("MERGEZOO_KERNELS", "auto").strip().lower() or "auto"
-    if value not in MODES:
-        raise ConfigurationError(
-            f"MERGEZOO_KERNELS={value!r} is not one of {', '.join(MODES)}")
-    return value
-
-
-def enabled() -> bool:
-    """Whether the fused kernels may be used (llvmlite loads, and the mode is not eager)."""
-    return mode() != "eager" and _code() is not None
+def available() -> bool:
+    """Whether the fused kernels can run here (llvmlite loads)."""
+    return _code() is not None
 
 
 LOAD_SECONDS = 0.1  # importing llvmlite and loading cached kernels, once per process
 
 
-def worth_it(saves: float, entries: int) -> bool:
-    """Whether a merge should use the kernels: `saves` is the method's saving in seconds per
-    1e9 entries (parameters x models), `entries` the merge's size."""
-    if mode() == "eager":
+def worth_it(saves: float, entries: int, mode: str = "auto") -> bool:
+    """Whether a merge should use the kernels in kernel `mode` (auto, fused or eager): `saves`
+    is the method's saving in seconds per 1e9 entries (parameters x models), `entries` the
+    merge's size. `load` then says whether they run for its dtypes."""
+    if mode == "eager":
         return False
-    return mode() == "fused" or (saves * entries / 1e9 > LOAD_SECONDS and _code() is not None)
+    return mode == "fused" or (saves * entries / 1e9 > LOAD_SECONDS and available())
 
 
 # What the kernels read and write: float32, and bfloat16 as its uint16 bit patterns.
@@ -404,7 +392,7 @@ _scan_scratch = threading.local()  # band_scan's gather buffer, one per compute 
 def band_scan(base: np.ndarray, experts: list[np.ndarray], low: list[int],
               high: list[int]) -> list[tuple[int, np.ndarray]]:
     """For each task vector experts[i] - base: how many magnitudes (as float32 bits) are
-    above `high[i]`, and the bits of those within [low[i], high[i]], in order (`ops.TopKCut`'s
+    above `high[i]`, and the bits of those within [low[i], high[i]], in order (`topk.TopKCut`'s
     bracket pass), in one pass that reads the base once."""
     n, size = len(experts), base.shape[0]
     _check_arrays("band_scan", [base, *experts], size, (base.dtype,) if base.dtype in

@@ -22,9 +22,12 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 
-from mergezoo.merge import kernels
-from mergezoo.merge.ops import CHUNK, TopKCut, chunks, magnitude_bits
-from mergezoo.merge.registry import MergeInputs, MergeMethod
+from mergezoo.merge import statistics
+from mergezoo.merge.accel import kernels, plans
+from mergezoo.merge.methods.family import configure
+from mergezoo.merge.ops import CHUNK, chunks
+from mergezoo.merge.spec import MergeInputs, MergeMethod
+from mergezoo.merge.topk import TopKCut, magnitude_bits
 
 
 T = TypeVar("T")
@@ -34,7 +37,7 @@ class SlicedTensor:
     """One tensor of every input (the base first, when the method uses it), kept in the
     inputs' dtypes and read in the compute dtype one slice of the flattened tensor at a time.
     `parts` are the slices a merge visits, in order. `pool` (the engine's compute threads, if
-    several) runs slices, and a `per_tensor` pass's task vectors, side by side."""
+    several) runs slices, and a statistics pass's task vectors, side by side."""
 
     def __init__(self, key: str, inputs: list[torch.Tensor], *, has_base: bool,
                  dtype: torch.dtype = torch.float32, pool: Executor | None = None,
@@ -53,7 +56,7 @@ class SlicedTensor:
         self.pool = pool
         # The inputs as numpy arrays for the fused kernels, when they can read them all.
         arrays = [kernels.as_array(t) for t in self.flat] \
-            if fused and dtype == torch.float32 and kernels.enabled() \
+            if fused and dtype == torch.float32 \
             and len({t.dtype for t in self.flat}) == 1 else [None]
         self.arrays = None if any(a is None for a in arrays) else arrays
 
@@ -84,7 +87,7 @@ class SlicedTensor:
 
     def magnitude_bits(self, i: int) -> Callable[[slice], torch.Tensor]:
         """part -> model `i`'s task-vector magnitudes over `part` as float32 bits (see
-        `ops.magnitude_bits`), by a fused kernel where it reads the inputs."""
+        `topk.magnitude_bits`), by a fused kernel where it reads the inputs."""
         if self.arrays is None or not self.has_base:
             return lambda part: magnitude_bits(self.delta(i, part))
         base, model = self.arrays[0], self.arrays[1 + i]
@@ -121,21 +124,23 @@ def new_scratch(n_inputs: int, dtype: torch.dtype) -> list[torch.Tensor]:
 
 
 def merge_sliced(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor, out: torch.Tensor,
-                 *, seeds: list[int] | None = None, state: Any = None,
+                 *, seeds: list[int] | None = None, model_stats: dict[str, Any] | None = None,
                  scale: float = 1.0, scratch: list[list[torch.Tensor]] | None = None) -> bool:
     """Merge `view` into `out` (the output's shape and dtype) slice by slice with the
     element-wise method `spec`; a task-vector method's result is scaled by `scale` (LiNeS) and
     added to the base. Returns False when the merged values hold NaN or Inf.
 
-    Where the method has a fused form (`spec.fused`) and the kernels read the inputs and the
-    output's dtype, each slice is one kernel call; else the method's torch function runs on
-    slices read into `scratch` (buffer sets, see `new_scratch`; one is made when None). With
-    the view's `pool`, workers merge every W-th slice side by side; slices are independent
-    (the per-tensor state is per slice, and random draws are by entry index), so the result is
-    the same either way."""
-    tensor_state = spec.per_tensor(view, hp) if spec.per_tensor else None
+    The statistics the method declares are computed first, over the whole tensor (a first
+    pass over its slices), with the whole-model ones given in `model_stats`. Where the method
+    is of the task-vector family and the kernels read the inputs and the output's dtype, its
+    configuration is compiled (`plans.compile_config`) and each slice is one kernel call; else
+    the method's torch function runs on slices read into `scratch` (buffer sets, see
+    `new_scratch`; one is made when None). With the view's `pool`, workers merge every W-th
+    slice side by side; slices are independent (statistics are per tensor, and random draws
+    are by entry index), so the result is the same either way."""
+    stats = statistics.for_tensor(spec, hp, view, model_stats)
     flat_out = out.view(-1)
-    plan = _fused_plan(spec, hp, view, seeds, state, tensor_state, scale)
+    plan = _fused_plan(spec, hp, view, seeds, stats, scale)
     out_array = kernels.as_array(flat_out) if plan is not None else None
     if out_array is None:
         plan = None
@@ -160,8 +165,8 @@ def merge_sliced(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor, out:
             base = inputs[0] if view.has_base else None
             x = MergeInputs(key=view.key, base=base,
                             models=inputs[1:] if view.has_base else inputs, seeds=seeds,
-                            offset=part.start, state=state, tensor_state=tensor_state,
-                            slice_index=j, owned=True)
+                            offset=part.start, shape=view.shape,
+                            stats=statistics.bind(stats, j), owned=True)
             merged = spec.fn(x, **hp)
             if spec.returns == "delta":
                 merged = (merged.mul_(scale) if scale != 1.0 else merged).add_(base)
@@ -179,14 +184,13 @@ def merge_sliced(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor, out:
 
 
 def _fused_plan(spec: MergeMethod, hp: dict[str, Any], view: SlicedTensor,
-                seeds: list[int] | None, state: Any, tensor_state: Any,
+                seeds: list[int] | None, stats: dict[str, Any] | None,
                 scale: float) -> "kernels.Combine | None":
-    """The method as a fused kernel's plan for this tensor, or None to run it eagerly."""
-    if spec.fused is None or view.arrays is None:
+    """The method's configuration as a fused kernel's plan for this tensor, or None to run
+    its torch function."""
+    if spec.family is None or view.arrays is None:
         return None
-    x = MergeInputs(key=view.key, base=None, models=[], seeds=seeds, state=state,
-                    tensor_state=tensor_state)
-    plan = spec.fused(x, **hp)
+    plan = plans.compile_config(configure(spec.family, hp), stats, seeds)
     if plan is not None and spec.returns == "delta":
         plan = dataclasses.replace(plan, scale=scale)
     return plan
