@@ -100,7 +100,7 @@ dtype: float32
                                                (["--kernels", "fused"], "eager", "fused"),
                                                (["--kernels", "eager"], None, "eager")])
 def test_merge_from_the_command_line(toy_zoo, monkeypatch, kernels, env, used):
-    from mergezoo.merge import engine
+    from mergezoo.merge.accel import plans
 
     if env is None:
         monkeypatch.delenv("MERGEZOO_KERNELS", raising=False)
@@ -108,9 +108,9 @@ def test_merge_from_the_command_line(toy_zoo, monkeypatch, kernels, env, used):
         monkeypatch.setenv("MERGEZOO_KERNELS", env)
     before = dict(os.environ)
     modes = []
-    real = engine._use_kernels
-    monkeypatch.setattr(engine, "_use_kernels",
-                        lambda mode, *a: modes.append(mode) or real(mode, *a))
+    real = plans.worth_it
+    monkeypatch.setattr(plans, "worth_it",
+                        lambda row, entries, mode: modes.append(mode) or real(row, entries, mode))
     e0, e1, _ = toy_zoo["experts"]
     out = toy_zoo["root"] / "merged"
     status = cli("merge", "--method", "ties", "--base", toy_zoo["base"], e0, e1, "--out", out,
