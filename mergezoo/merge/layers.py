@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mergezoo.errors import HyperparameterError
+
 _LAYER = re.compile(r"\.(?:layers?|h|blocks?)\.(\d+)\.")
 
 
@@ -60,7 +62,7 @@ def evaluate_setting(value: Any, key: str, position: float) -> Any:
         for rule in value:
             if not rule.get("filter") or rule["filter"] in key:
                 return evaluate_setting(rule["value"], key, position)
-        raise ValueError(f"{key}: no filter rule matches and there is no default rule")
+        raise HyperparameterError(f"{key}: no filter rule matches and there is no default rule")
     if len(value) == 1:
         return value[0]
     scaled = position * (len(value) - 1)
@@ -77,7 +79,7 @@ def setting_leaves(value: Any) -> list[Any]:
         for rule in value:
             extra = set(rule) - {"filter", "value"}
             if extra or "value" not in rule:
-                raise ValueError(f"a filter rule takes 'filter' and 'value', got {sorted(rule)}")
+                raise HyperparameterError(f"a filter rule takes 'filter' and 'value', got {sorted(rule)}")
         return [leaf for rule in value for leaf in setting_leaves(rule["value"])]
     return list(value)
 

@@ -406,10 +406,9 @@ class TaskVectors:
                 spec, hp, _WholeTensorView(self._shared, key, self._experts), state)
         elif state:
             x.stats = dict(state)
-        try:
-            return spec.fn(x, **hp)
-        except ValueError as err:  # the method's own refusal (e.g. slerp of three models)
-            raise IncompatibleModelsError(f"tensor '{key}': {spec.name} failed: {err}") from err
+        # No blanket except: a method's own checks raise named errors; anything else is a bug
+        # or out-of-memory and keeps its traceback.
+        return spec.fn(x, **hp)
 
     def _sliced(self, spec: MergeMethod, use_base: bool) -> bool:
         """Element-wise task-vector methods on CPU merge as the engine does there: slice by
@@ -442,12 +441,7 @@ class TaskVectors:
             view = _CachingSlicedTensor(sh, self._experts, key, inputs, has_base=True,
                                         dtype=sh.dtype, pool=None, fused=fused,
                                         shape=tuple(shape))
-            try:
-                merge_sliced(spec, hp, view, out, seeds=seeds, model_stats=state,
-                             scratch=scratch)
-            except ValueError as err:
-                raise IncompatibleModelsError(
-                    f"tensor '{key}': {spec.name} failed: {err}") from err
+            merge_sliced(spec, hp, view, out, seeds=seeds, model_stats=state, scratch=scratch)
         return out.view(shape)
 
     def _prepare(self, spec: MergeMethod, kwargs: dict, ident: tuple) -> Any:

@@ -175,7 +175,7 @@ class Hyperparameter:
                     f"the layers) or a list of {{filter, value}} rules, got {value!r}")
             try:
                 leaves = setting_leaves(value)
-            except ValueError as err:
+            except HyperparameterError as err:  # our own check, given its context here
                 raise HyperparameterError(f"{where}: {self.name}: {err}") from None
             for leaf in leaves:
                 self._check_one(leaf, where)
@@ -288,7 +288,7 @@ class MergeMethod:
         if self.check is not None:
             try:
                 self.check(kwargs)
-            except ValueError as err:
+            except HyperparameterError as err:  # the method's own check, named here
                 raise HyperparameterError(f"method '{self.name}': {err}") from None
         return kwargs
 

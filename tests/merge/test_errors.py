@@ -434,3 +434,29 @@ def test_BUG_ties_model_scope_with_per_layer_density_is_a_clear_error(toy_zoo, d
     density / trim_scope (or per-layer densities honoured), and nothing written."""
     check_refused(toy_zoo, HyperparameterError, "density",
                   params={"density": density, "trim_scope": "model"})
+
+
+# --- refusals found while merging: our named errors, from the file and the in-memory path -----
+
+def _antipodal():
+    base = {"w": torch.zeros(4)}
+    return base, [{"w": torch.tensor([1.0, 2.0, 3.0, 4.0])},
+                  {"w": -torch.tensor([1.0, 2.0, 3.0, 4.0])},
+                  {"w": torch.tensor([1.0, 2.0, 3.0, 4.0])}]
+
+
+def test_a_refusal_found_while_merging_is_a_named_error_that_names_the_tensor():
+    from mergezoo.merge import merge_state_dicts
+
+    base, experts = _antipodal()
+    # Weights that cancel the unit vectors exactly: multislerp refuses (mergekit too).
+    with pytest.raises(IncompatibleModelsError, match="tensor 'w'.*antipodal"):
+        merge_state_dicts("multislerp", base, experts,
+                          model_params=[{"weight": 2.0}, {"weight": 2.0}, {"weight": 0.0}])
+
+
+@pytest.mark.parametrize("params,fragment", [
+    ({"density": [{"filter": "nowhere", "value": 0.5}]}, "no filter rule matches"),
+    ({"density": 1e-6}, "below what the random drop resolves")])
+def test_setting_refusals_are_hyperparameter_errors(toy_zoo, params, fragment):
+    check_refused(toy_zoo, HyperparameterError, fragment, method="dare_ties", params=params)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mergezoo.errors import HyperparameterError, IncompatibleModelsError
 from mergezoo.merge.spec import Interval, MergeInputs, Needs, merge_method
 
 if TYPE_CHECKING:  # imported where the maths runs: listing the methods needs no torch
@@ -74,7 +75,7 @@ def _check_weights(kwargs: dict) -> None:
     weights = kwargs["weight"]
     if kwargs.get("normalize_weights", True) and \
             all(isinstance(w, (int, float)) for w in weights) and sum(weights) == 0:
-        raise ValueError(f"the model weights {weights} must not sum to zero")
+        raise HyperparameterError(f"the model weights {weights} must not sum to zero")
 
 
 @merge_method("multislerp", paper="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
@@ -107,8 +108,9 @@ def multislerp(x: MergeInputs, *, weight: list[float] = 1.0,
         # mergekit mixes two models linearly here and refuses more; where every vector is
         # zero (a tensor no expert changed) there is nothing to interpolate: mix linearly too.
         if flat.shape[0] != 2 and bool((norms > eps).any()):
-            raise ValueError("the weighted sum of the unit vectors is zero (antipodal models "
-                             "with balancing weights); use different weights")
+            raise IncompatibleModelsError(
+                f"tensor '{x.key}': the weighted sum of the unit vectors is zero (antipodal "
+                "models with balancing weights); use different weights")
         merged = flat[0] * w[0] + flat[1] * w[1]  # mergekit falls back to a linear mix
     else:
         mean = mean / mean_norm
@@ -124,7 +126,7 @@ def multislerp(x: MergeInputs, *, weight: list[float] = 1.0,
 def _check_karcher(kwargs: dict) -> None:
     weights = kwargs["weight"]
     if all(isinstance(w, (int, float)) for w in weights) and sum(weights) <= 0:
-        raise ValueError(f"the model weights {weights} must sum to more than zero")
+        raise HyperparameterError(f"the model weights {weights} must sum to more than zero")
 
 
 @merge_method("karcher", paper="https://en.wikipedia.org/wiki/Karcher_mean",

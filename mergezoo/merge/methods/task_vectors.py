@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from mergezoo.errors import HyperparameterError
 from mergezoo.merge.layers import setting_leaves
 from mergezoo.merge.methods.family import Row, family_method
 from mergezoo.merge.spec import Interval, Needs
@@ -20,7 +21,7 @@ def _check_average(kwargs: dict) -> None:
     weights = kwargs["weight"]
     if kwargs["normalize"] and all(isinstance(w, (int, float)) for w in weights) \
             and abs(sum(weights)) < 1e-8:
-        raise ValueError(f"the model weights {weights} sum to zero; cannot normalize "
+        raise HyperparameterError(f"the model weights {weights} sum to zero; cannot normalize "
                          "(set normalize: false for a plain weighted sum)")
 
 
@@ -53,7 +54,7 @@ def task_arithmetic(*, weight: list[float] = 1.0, lambda_: float = 1.0, normaliz
 def _check_ties(kwargs: dict) -> None:
     if kwargs["trim_scope"] == "model" and not all(isinstance(d, (int, float))
                                                    for d in kwargs["density"]):
-        raise ValueError("trim_scope: model takes one density per model, not per-layer values "
+        raise HyperparameterError("trim_scope: model takes one density per model, not per-layer values "
                          "(use trim_scope: tensor for per-layer densities)")
 
 
@@ -159,7 +160,7 @@ def _check_della(kwargs: dict) -> None:
             if d >= 1:
                 continue
             if d + e >= 1 or d - e <= 0:
-                raise ValueError(f"epsilon {e} must keep density {d} +/- epsilon inside (0, 1)")
+                raise HyperparameterError(f"epsilon {e} must keep density {d} +/- epsilon inside (0, 1)")
             drop_threshold(d - e)
 
 
