@@ -14,8 +14,9 @@ and runs it with both tools, each as a whole process in a fresh subprocess:
                (from the repository root; --kernels auto, the default)
 
 Wall time is the process's (start-up and imports included: what a user waits for); CPU time
-(user + system) and peak RSS come from wait4()'s rusage; peak anonymous memory (RssAnon, the
-memory that is not pages of the memory-mapped inputs) is sampled from /proc every 50 ms. The
+(user + system) comes from wait4()'s rusage; peak RSS (VmHWM, which counts pages of the
+memory-mapped inputs) and peak anonymous memory (RssAnon, the memory the process really
+holds) are sampled from /proc/<pid>/status every 50 ms. The
 two tools alternate which runs first from one method to the next and from one repeat to the
 next, so that they share the machine's noise; the inputs are read once per N to warm the page
 cache, and os.sync() runs (untimed) between runs. The median of --repeat runs is reported.
@@ -131,14 +132,19 @@ def run_process(cmd: list[str], env: dict, cwd: Path, sample_s: float = 0.05) ->
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    peak_anon = 0
-    # wait4 gives this child's own rusage (CPU seconds, max RSS); the pipe is drained after,
-    # so a chatty child could block on a full pipe: both are run quiet.
+    peak_anon = peak_rss = 0
+    # wait4 gives this child's own CPU seconds. Not its ru_maxrss: Linux carries the RSS
+    # high-water mark of the mm that exec() replaced (this parent's, with subprocess's vfork)
+    # into it. VmHWM of the child's own mm is sampled instead (it only grows, so the last
+    # sample misses at most the final 50 ms). The pipe is drained after the child ends, so a
+    # chatty child could block on a full pipe: both tools run quiet.
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        peak_anon = max(peak_anon, ms._proc_status(proc.pid).get("RssAnon", 0))
+        st = ms._proc_status(proc.pid)
+        peak_anon = max(peak_anon, st.get("RssAnon", 0))
+        peak_rss = max(peak_rss, st.get("VmHWM", 0), st.get("VmRSS", 0))
         time.sleep(sample_s)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -147,7 +153,7 @@ def run_process(cmd: list[str], env: dict, cwd: Path, sample_s: float = 0.05) ->
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (rc={proc.returncode}):\n{output[-3000:]}")
     return {"seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-            "peak_rss": usage.ru_maxrss * 1024, "peak_anon": peak_anon,
+            "peak_rss": peak_rss, "peak_anon": peak_anon,
             "loadavg_before": load0, "loadavg_after": os.getloadavg()[0]}
 
 
