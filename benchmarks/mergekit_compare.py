@@ -199,21 +199,25 @@ def compare_outputs(ref_dir: Path, out_dir: Path) -> dict:
 
 
 def agreement(method: str, cmp: dict | None) -> str:
+    """A short verdict for the table (the JSON keeps the numbers)."""
     if cmp is None:
         return "not compared"
     if cmp["only_mergekit"] or cmp["only_mergezoo"]:
         return (f"key sets differ ({len(cmp['only_mergekit'])} only in mergekit, "
                 f"{len(cmp['only_mergezoo'])} only in mergezoo)")
+    kind = METHODS[method]["check"]
     frac = cmp["differing_entries"] / max(cmp["entries"], 1)
-    text = (f"{cmp['identical_tensors']}/{cmp['tensors']} tensors identical; "
-            f"{frac:.3%} of entries differ, max |diff| {cmp['max_abs_diff']:.3g}")
+    if kind == "random":
+        text = f"random draws differ by design ({frac:.0%} of entries differ)"
+    elif cmp["differing_entries"] == 0:
+        text = "identical"
+    else:
+        text = (f"{cmp['identical_tensors']}/{cmp['tensors']} tensors identical, "
+                f"{frac:.3%} of entries differ, max diff {cmp['max_abs_diff']:.2g}")
+        if kind == "ties":
+            text += " (magnitude ties at the cut)"
     if cmp["dtype_mismatch"]:
         text += f"; dtypes differ on {len(cmp['dtype_mismatch'])} tensors"
-    kind = METHODS[method]["check"]
-    if kind == "random":
-        text += " (random masks: different draws by design)"
-    elif kind == "ties" and cmp["differing_entries"]:
-        text += " (ties at the magnitude cut broken differently)"
     return text
 
 
