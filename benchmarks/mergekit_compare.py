@@ -252,7 +252,7 @@ def markdown(report: dict) -> str:
             f"{mk['seconds'] / mz['seconds']:.1f}x | {mk['cpu_seconds']:.0f} / "
             f"{mz['cpu_seconds']:.0f} | {mk['peak_rss'] / MB:,.0f} / {mz['peak_rss'] / MB:,.0f} "
             f"| {mk['peak_anon'] / MB:,.0f} / {mz['peak_anon'] / MB:,.0f} | "
-            f"{row['loadavg']:.1f} | {row['agreement']} |")
+            f"{row['loadavg']:.1f} | {agreement(row['method'], row['compare'])} |")
     lines += ["", f"Whole benchmark: {report['total_seconds']:.0f} s."]
     return "\n".join(lines)
 
@@ -280,6 +280,7 @@ def main(argv=None) -> int:
                     help="mergekit-yaml of a mergekit 0.1.5 install ($MERGEKIT_YAML)")
     ap.add_argument("--no-compare", action="store_true", help="skip the output comparison")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--render", metavar="JSON", help="only print the table of a saved --json")
     # The default model has 30.0M parameters (4 layers, hidden 512, vocabulary 16000; the
     # shape of merge_speed.py's small Model Stock run), not merge_speed.py's 201.9M one: there
     # mergekit's TIES takes about a minute at N = 2 (argsort of every task vector), and the whole
@@ -291,6 +292,9 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, default=16000)
     ap.add_argument("--input-shard-mb", type=int, default=250)
     args = ap.parse_args(argv)
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())))
+        return 0
 
     methods = list(METHODS) if args.methods == "all" else \
         [m.strip() for m in args.methods.split(",") if m.strip()]
