@@ -279,6 +279,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mergekit", default=DEFAULT_MERGEKIT,
                     help="mergekit-yaml of a mergekit 0.1.5 install ($MERGEKIT_YAML)")
     ap.add_argument("--no-compare", action="store_true", help="skip the output comparison")
+    ap.add_argument("--keep-outputs", action="store_true",
+                    help="keep the first repeat's outputs under WORKDIR/mkcmp/runs")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--render", metavar="JSON", help="only print the table of a saved --json")
     # The default model has 30.0M parameters (4 layers, hidden 512, vocabulary 16000; the
@@ -348,7 +350,7 @@ def main(argv=None) -> int:
                 order = ["mergekit", "mergezoo"] if (i + r) % 2 == 0 else ["mergezoo", "mergekit"]
                 outs = {}
                 for tool in order:
-                    out = run_root / f"{tool}-{method}-N{n}"
+                    out = run_root / f"{tool}-{method}-N{n}" / (f"run{r + 1}" if r else "")
                     shutil.rmtree(out, ignore_errors=True)
                     os.sync()
                     try:
@@ -365,8 +367,9 @@ def main(argv=None) -> int:
                 if r == 0 and not args.no_compare and len(outs) == 2:
                     cell["compare"] = compare_outputs(outs["mergekit"], outs["mergezoo"])
                     log(f"N={n} {method}: {agreement(method, cell['compare'])}")
-                for out in outs.values():
-                    shutil.rmtree(out, ignore_errors=True)
+                if not (args.keep_outputs and r == 0):
+                    for out in outs.values():
+                        shutil.rmtree(out, ignore_errors=True)
 
     import torch
     rows = []
