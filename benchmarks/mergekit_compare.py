@@ -350,7 +350,7 @@ def main(argv=None) -> int:
                 order = ["mergekit", "mergezoo"] if (i + r) % 2 == 0 else ["mergezoo", "mergekit"]
                 outs = {}
                 for tool in order:
-                    out = run_root / f"{tool}-{method}-N{n}" / (f"run{r + 1}" if r else "")
+                    out = run_root / f"{tool}-{method}-N{n}-run{r + 1}"
                     shutil.rmtree(out, ignore_errors=True)
                     os.sync()
                     try:
