@@ -82,15 +82,15 @@ METHODS: dict[str, dict] = {
     "task_arithmetic": {"base": True, "model": {"weight": 1.0}, "shared": {"lambda": 1.0},
                         "check": "exact"},
     "ties": {"base": True, "model": {"weight": 1.0, "density": 0.2}, "shared": {"lambda": 1.0},
-             "check": "ties"},
+             "check": "ties", "cut": "top"},
     "dare_ties": {"base": True, "model": {"weight": 1.0, "density": 0.5},
                   "shared": {"lambda": 1.0}, "check": "random"},
     "dare_linear": {"base": True, "model": {"weight": 1.0, "density": 0.5},
                     "shared": {"lambda": 1.0}, "check": "random"},
     "breadcrumbs": {"base": True, "model": {"weight": 1.0, "density": 0.9, "gamma": 0.01},
-                    "shared": {"lambda": 1.0}, "check": "ties"},
+                    "shared": {"lambda": 1.0}, "check": "ties", "cut": "band"},
     "breadcrumbs_ties": {"base": True, "model": {"weight": 1.0, "density": 0.9, "gamma": 0.01},
-                         "shared": {"lambda": 1.0}, "check": "ties"},
+                         "shared": {"lambda": 1.0}, "check": "ties", "cut": "band"},
     "della": {"base": True, "model": {"weight": 1.0, "density": 0.5, "epsilon": 0.15},
               "shared": {"lambda": 1.0}, "check": "random"},
     "della_linear": {"base": True, "model": {"weight": 1.0, "density": 0.5, "epsilon": 0.15},
@@ -159,23 +159,57 @@ def run_process(cmd: list[str], env: dict, cwd: Path, sample_s: float = 0.05) ->
 
 # --------------------------------------------------------------------------- comparison
 
-def compare_outputs(ref_dir: Path, out_dir: Path) -> dict:
-    """Tensor-by-tensor comparison of two folders of safetensors shards."""
+def tied_at_cut(taus: list, kind: str, density: float, gamma: float):
+    """Entries where some task vector's magnitude equals a cut value that ties span, i.e.
+    where keeping or dropping depends on how ties are broken. mergekit 0.1.5's cuts:
+    "top" (TIES, `sparsify.magnitude`) keeps the max(1, int(density n)) largest; "band"
+    (Breadcrumbs, `magnitude_outliers`) keeps int(density n) entries after dropping the
+    max(0, n - int(density n) - int(gamma n)) smallest."""
     import torch
-    from safetensors import safe_open
+    amb = torch.zeros(taus[0].numel(), dtype=torch.bool)
+    for tau in taus:
+        w = tau.abs().reshape(-1)
+        n = w.numel()
+        s = torch.sort(w).values  # ascending
+        if kind == "top":
+            k = max(1, int(density * n))
+            if k < n and s[n - k - 1] == s[n - k]:
+                amb |= w == s[n - k]
+        else:
+            keep, top = int(density * n), int(gamma * n)
+            bot = max(0, n - keep - top)
+            if 0 < bot < n and s[bot - 1] == s[bot]:
+                amb |= w == s[bot]
+            if 0 < keep and bot + keep < n and s[bot + keep - 1] == s[bot + keep]:
+                amb |= w == s[bot + keep - 1]
+    return amb
 
-    def open_all(folder: Path) -> dict:
-        handles = {}
-        for f in sorted(folder.glob("*.safetensors")):
-            h = safe_open(str(f), framework="pt", device="cpu")
-            handles.update({k: h for k in h.keys()})
-        return handles
+
+def open_all(folder: Path) -> dict:
+    """Tensor name -> safe_open handle, over every safetensors shard of a folder."""
+    from safetensors import safe_open
+    handles = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        h = safe_open(str(f), framework="pt", device="cpu")
+        handles.update({k: h for k in h.keys()})
+    return handles
+
+
+def compare_outputs(ref_dir: Path, out_dir: Path, cut: dict | None = None) -> dict:
+    """Tensor-by-tensor comparison of two folders of safetensors shards. With `cut` (kind,
+    density, gamma, base, experts), also count the differing entries that no tie at a
+    magnitude cut explains (see `tied_at_cut`)."""
+    import torch
 
     a, b = open_all(ref_dir), open_all(out_dir)
+    if cut:
+        base, experts = open_all(cut["base"]), [open_all(e) for e in cut["experts"]]
     res = {"only_mergekit": sorted(set(a) - set(b)), "only_mergezoo": sorted(set(b) - set(a)),
            "tensors": 0, "identical_tensors": 0, "entries": 0, "differing_entries": 0,
            "max_abs_diff": 0.0, "max_abs_diff_tensor": None, "max_rel_diff": 0.0,
            "dtype_mismatch": []}
+    if cut:
+        res.update(differing_outside_ties=0, max_abs_diff_outside_ties=0.0)
     for key in sorted(set(a) & set(b)):
         x, y = a[key].get_tensor(key), b[key].get_tensor(key)
         if x.dtype != y.dtype:
@@ -190,6 +224,15 @@ def compare_outputs(ref_dir: Path, out_dir: Path) -> dict:
         ndiff = int(torch.count_nonzero(d).item())
         res["differing_entries"] += ndiff
         res["identical_tensors"] += ndiff == 0
+        if cut and ndiff:
+            b0 = base[key].get_tensor(key).float()
+            taus = [e[key].get_tensor(key).float() - b0 for e in experts]
+            away = (d.reshape(-1) > 0) & ~tied_at_cut(taus, cut["kind"], cut["density"],
+                                                      cut["gamma"])
+            res["differing_outside_ties"] += int(away.sum())
+            if away.any():
+                res["max_abs_diff_outside_ties"] = max(res["max_abs_diff_outside_ties"],
+                                                       d.reshape(-1)[away].max().item())
         scale = x.abs().max().item()
         if scale > 0:
             res["max_rel_diff"] = max(res["max_rel_diff"], worst / scale)
@@ -214,8 +257,12 @@ def agreement(method: str, cmp: dict | None) -> str:
     else:
         text = (f"{cmp['identical_tensors']}/{cmp['tensors']} tensors identical, "
                 f"{frac:.3%} of entries differ, max diff {cmp['max_abs_diff']:.2g}")
-        if kind == "ties":
-            text += " (magnitude ties at the cut)"
+        away = cmp.get("differing_outside_ties")
+        if away == 0:
+            text += ", all where a magnitude tie spans the cut"
+        elif away is not None:
+            text += (f"; {away} of them NOT at a tied cut (max diff "
+                     f"{cmp['max_abs_diff_outside_ties']:.2g})")
     if cmp["dtype_mismatch"]:
         text += f"; dtypes differ on {len(cmp['dtype_mismatch'])} tensors"
     return text
@@ -365,7 +412,13 @@ def main(argv=None) -> int:
                         f"{res['cpu_seconds']:.1f} s, peak RSS {res['peak_rss'] / MB:,.0f} MB, "
                         f"anon {res['peak_anon'] / MB:,.0f} MB, load {res['loadavg_after']:.1f}")
                 if r == 0 and not args.no_compare and len(outs) == 2:
-                    cell["compare"] = compare_outputs(outs["mergekit"], outs["mergezoo"])
+                    cut = None
+                    if METHODS[method].get("cut"):
+                        p = METHODS[method]["model"]
+                        cut = {"kind": METHODS[method]["cut"], "density": p["density"],
+                               "gamma": p.get("gamma", 0.0), "base": models["base"],
+                               "experts": models["experts"][:n]}
+                    cell["compare"] = compare_outputs(outs["mergekit"], outs["mergezoo"], cut)
                     log(f"N={n} {method}: {agreement(method, cell['compare'])}")
                 if not (args.keep_outputs and r == 0):
                     for out in outs.values():
