@@ -35,7 +35,7 @@ parameters = 2 GB of bf16, mergezoo's default 2 GB shard; one shard either way h
 mergezoo's --quiet). Threads: both use torch's default (one per core). `--cuda` is not used
 (no GPU). HF_HUB_OFFLINE=1 for both (local folders only).
 
-Installing mergekit 0.1.5 (what worked on 2026-12-07, Python 3.11, CPU torch 2.13.0 already
+Installing mergekit 0.1.5 (what worked on 2026-12-06, Python 3.11, CPU torch 2.13.0 already
 installed; mergekit 0.1.5 pins transformers >=5,<6, which the installed transformers 5.25
 meets, so nothing of the project's is replaced):
 
