@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from mergezoo.eval.bench import methods as method_grid
 from mergezoo.eval.bench.jobs import BenchContext, Executor, Job, LocalExecutor, run_jobs
-from mergezoo.eval.bench.store import JobStore, claim_output
+from mergezoo.eval.bench.store import JobStore, SharedStore, claim_output, eval_cache
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,18 @@ class _Run:
     seeds: list[int]
     progress: bool
     say: Callable[[str], None]
+    shared: JobStore | None = None  # zoo-only evaluations, shared by every run on the zoo
     n_experts: int = 0
     cells: list[str] = field(default_factory=list)
     held_in: list[str] = field(default_factory=list)
     held_out: list[str] = field(default_factory=list)
 
-    def jobs(self, jobs: list[Job], desc: str) -> dict[str, dict[str, Any]]:
-        return run_jobs(self.executor, self.store, jobs, desc=desc, progress=self.progress)
+    def jobs(self, jobs: list[Job], desc: str, *,
+             zoo_only: bool = False) -> dict[str, dict[str, Any]]:
+        """Run `jobs` (or reuse them). `zoo_only`: jobs that depend on the zoo alone (no merge),
+        also looked up in and recorded to the zoo's shared evaluation cache."""
+        store = SharedStore(self.store, self.shared) if zoo_only and self.shared else self.store
+        return run_jobs(self.executor, store, jobs, desc=desc, progress=self.progress)
 
 
 def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
@@ -114,6 +119,7 @@ def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
                     else LocalExecutor(context))
     run = _Run(config=config, bench=bench, context=context, executor=executor,
                store=JobStore(out / ".bench"), seeds=seeds, progress=progress, say=say,
+               shared=eval_cache(zoo.root, config.device),
                n_experts=n_experts, cells=[c.name for c in bench.cells],
                held_in=[c.name for c in bench.held_in_cells],
                held_out=[c.name for c in bench.held_out_cells])
@@ -132,6 +138,8 @@ def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
         results["wall_seconds"] = round(time.perf_counter() - start, 2)
     finally:
         run.store.close()
+        if run.shared is not None:
+            run.shared.close()
         executor.close()
     from mergezoo.eval.bench.report import write_outputs
 
@@ -164,7 +172,7 @@ def _baselines(run: _Run) -> dict[str, Any]:
     else:
         run.say(f"{run.bench.name} defines no ensemble of its models: no ensemble baseline")
     everything += list(ensembles.values())
-    done = run.jobs(everything, "baselines")
+    done = run.jobs(everything, "baselines", zoo_only=True)
     scores = lambda job: done[job.key]["scores"]  # noqa: E731
     return {
         "base": scores(jobs["base"]),
@@ -287,7 +295,9 @@ def _cost(run: _Run, method: Any, tuned: dict[str, Any], out: Path) -> dict[str,
             measured["model_dir"] = str(Path("models") / method.name)
         run.store.put(key, measured)
     cost = dict(run.store.get(key))
-    per_eval = flops_per_evaluation(run.context, run.held_in, run.store)
+    # zoo-only (the base on held-in validation): counted once per zoo
+    shared = SharedStore(run.store, run.shared) if run.shared is not None else run.store
+    per_eval = flops_per_evaluation(run.context, run.held_in, shared)
     cost["tuning_evals"] = tuned["evaluations"]
     cost["flops"] = per_eval * tuned["evaluations"] if per_eval is not None else None
     cost["statistics_flops"] = 0  # data-free methods compute no statistics
