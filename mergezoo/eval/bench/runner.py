@@ -81,8 +81,9 @@ class _Run:
 
     def jobs(self, jobs: list[Job], desc: str, *,
              zoo_only: bool = False) -> dict[str, dict[str, Any]]:
-        """Run `jobs` (or reuse them). `zoo_only`: jobs that depend on the zoo alone (no merge),
-        also looked up in and recorded to the zoo's shared evaluation cache."""
+        """Run `jobs` (or reuse them). `zoo_only`: jobs that depend on the zoo alone (zoo
+        models, their ensembles, the greedy soups' plain averages: nothing a run's arguments
+        choose), also looked up in and recorded to the zoo's shared evaluation cache."""
         store = SharedStore(self.store, self.shared) if zoo_only and self.shared else self.store
         return run_jobs(self.executor, store, jobs, desc=desc, progress=self.progress)
 
@@ -199,7 +200,8 @@ def _greedy_soup(run: _Run, seed: int) -> dict[str, Any]:
     validation score, each added to the uniform average if the score does not drop."""
     def validation(experts: tuple[int, ...]) -> float:
         job = _merge_job("average", (), seed, experts, "validation", run.held_in)
-        return _mean(run.jobs([job], f"greedy soup, seed {seed}")[job.key]["scores"], run.held_in)
+        done = run.jobs([job], f"greedy soup, seed {seed}", zoo_only=True)
+        return _mean(done[job.key]["scores"], run.held_in)
 
     alone = {i: validation((i,)) for i in range(run.n_experts)}
     order = sorted(alone, key=lambda i: -alone[i])
@@ -210,7 +212,7 @@ def _greedy_soup(run: _Run, seed: int) -> dict[str, Any]:
             soup, best = sorted(soup + [i]), score
     test = _merge_job("average", (), seed, tuple(soup), "test", run.cells)
     return {"experts": soup, "validation": best,
-            "scores": run.jobs([test], "greedy soup")[test.key]["scores"]}
+            "scores": run.jobs([test], "greedy soup", zoo_only=True)[test.key]["scores"]}
 
 
 def _tune(run: _Run, method: Any) -> dict[str, Any]:

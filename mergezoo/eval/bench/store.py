@@ -98,16 +98,17 @@ class SharedStore:
 def eval_cache(zoo_root: Path, device: str) -> JobStore:
     """The store of zoo-only evaluations shared by the runs on one zoo:
     `$MERGEZOO_CACHE/evals/<zoo folder>-<digest>`, the digest over the zoo's manifest (the
-    sha256 of every file), the device and torch's version, so a rebuilt or changed zoo, or
-    another torch, never reuses a score."""
+    sha256 of every file), the device and the versions of torch and mergezoo, so a rebuilt or
+    changed zoo, or another torch or mergezoo, never reuses a score."""
     import hashlib
 
     import torch
 
+    import mergezoo
     from mergezoo.eval.zoo_cache import MANIFEST, cache_root
 
     digest = hashlib.sha256((zoo_root / MANIFEST).read_bytes())
-    digest.update(f"|{device}|{torch.__version__}".encode())
+    digest.update(f"|{device}|{torch.__version__}|{mergezoo.__version__}".encode())
     return JobStore(cache_root() / "evals" / f"{zoo_root.name}-{digest.hexdigest()[:16]}")
 
 
