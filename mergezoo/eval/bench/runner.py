@@ -84,7 +84,8 @@ class _Run:
         """Run `jobs` (or reuse them). `zoo_only`: jobs that depend on the zoo alone (zoo
         models, their ensembles, the greedy soups' plain averages: nothing a run's arguments
         choose), also looked up in and recorded to the zoo's shared evaluation cache."""
-        store = SharedStore(self.store, self.shared) if zoo_only and self.shared else self.store
+        store = (SharedStore(self.store, self.shared) if zoo_only and self.shared is not None
+                 else self.store)  # not `and self.shared`: an empty store is falsy
         return run_jobs(self.executor, store, jobs, desc=desc, progress=self.progress)
 
 
