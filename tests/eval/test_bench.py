@@ -106,13 +106,13 @@ def test_tuning_never_reads_held_out_cells_or_test_data(digits_tiny, tmp_path, m
 
     real_tune = bench_runner._tune
 
-    def tune(run, method):
-        # a fresh benchmark object per method: its caches (data, tensors, logits) were filled
-        # by the baselines, and tuning must be seen reading its own data
+    def tune(run, methods):
+        # a fresh benchmark object: its caches (data, tensors, logits) were filled by the
+        # baselines, and tuning must be seen reading its own data
         run.bench = run.context.benchmark = bench_cls(size=run.bench.size)
         phase["now"] = "tune"
         try:
-            return real_tune(run, method)
+            return real_tune(run, methods)
         finally:
             phase["now"] = "other"
 

@@ -131,8 +131,8 @@ def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
 
         say(f"{len(methods)} methods, {len(seeds)} expert seeds, {n_experts} experts each")
         baselines = _baselines(run)
-        tuned = {m.name: _tune(run, m) for m in methods}
-        tested = {name: _test(run, name, t["best"]) for name, t in tuned.items()}
+        tuned = _tune(run, methods)
+        tested = _test(run, {name: t["best"] for name, t in tuned.items()})
         scaling = ({m.name: _scaling(run, m, tuned[m.name]["best"]) for m in methods}
                    if config.scaling else {})
         costs = {m.name: _cost(run, m, tuned[m.name], out) for m in methods}
@@ -216,38 +216,63 @@ def _greedy_soup(run: _Run, seed: int) -> dict[str, Any]:
             "scores": run.jobs([test], "greedy soup", zoo_only=True)[test.key]["scores"]}
 
 
-def _tune(run: _Run, method: Any) -> dict[str, Any]:
-    """Grid search on held-in validation (mean over seeds); never reads held-out or test data."""
+def _tune(run: _Run, methods: list[Any]) -> dict[str, dict[str, Any]]:
+    """Grid search of every method on held-in validation (mean over seeds); never reads
+    held-out or test data. The grid points of all methods go to the executor together, round
+    by round (a round extends the grids whose best scale is at their edge), so the workers
+    never wait for one method's last job."""
     everyone = tuple(range(run.n_experts))
-    points = method_grid.grid_points(method)
-    if len(points) == 1:  # nothing to choose: no evaluation spent on it
-        return {"best": points[0], "validation": None, "evaluations": 0, "grid": [],
-                "best_at_edge": False}
-    scored: dict[tuple, float] = {}
+    points = {m.name: method_grid.grid_points(m) for m in methods}
+    scored: dict[str, dict[tuple, float]] = {m.name: {} for m in methods}
+    best: dict[str, tuple] = {}
+    # nothing to choose: no evaluation spent on it
+    active = [m for m in methods if len(points[m.name]) > 1]
     for _ in range(1 + method_grid.MAX_EXTENSIONS):
-        todo = [p for p in points if p not in scored]
-        jobs = {(p, s): _merge_job(method.name, p, s, everyone, "validation", run.held_in)
-                for p in todo for s in run.seeds}
-        done = run.jobs(list(jobs.values()), f"tune {method.name}")
-        for p in todo:
-            scored[p] = sum(_mean(done[jobs[p, s].key]["scores"], run.held_in)
-                            for s in run.seeds) / len(run.seeds)
-        best = max(points, key=lambda p: scored[p])  # the first of equals, in grid order
-        more = [p for p in method_grid.extension(method, points, best) if p not in scored]
-        if not more:
+        if not active:
             break
-        points = points + more
-    edge = bool(method_grid.extension(method, points, best))
-    return {"best": best, "validation": scored[best], "evaluations": len(scored) * len(run.seeds),
-            "grid": [{"hyperparameters": dict(p), "validation": round(scored[p], 6)}
-                     for p in points], "best_at_edge": edge}
+        jobs = {(m.name, p, s): _merge_job(m.name, p, s, everyone, "validation", run.held_in)
+                for m in active for p in points[m.name] if p not in scored[m.name]
+                for s in run.seeds}
+        done = run.jobs(list(jobs.values()), "tune " + (active[0].name if len(active) == 1
+                                                        else f"{len(active)} methods"))
+        still = []
+        for m in active:
+            name = m.name
+            for p in points[name]:
+                if p not in scored[name]:
+                    scored[name][p] = sum(_mean(done[jobs[name, p, s].key]["scores"], run.held_in)
+                                          for s in run.seeds) / len(run.seeds)
+            # the first of equals, in grid order
+            best[name] = max(points[name], key=lambda p: scored[name][p])
+            more = [p for p in method_grid.extension(m, points[name], best[name])
+                    if p not in scored[name]]
+            if more:
+                points[name] = points[name] + more
+                still.append(m)
+        active = still
+    out = {}
+    for m in methods:
+        name = m.name
+        if len(points[name]) == 1 and not scored[name]:
+            out[name] = {"best": points[name][0], "validation": None, "evaluations": 0,
+                         "grid": [], "best_at_edge": False}
+            continue
+        grid = [p for p in points[name] if p in scored[name]]
+        out[name] = {"best": best[name], "validation": scored[name][best[name]],
+                     "evaluations": len(scored[name]) * len(run.seeds),
+                     "grid": [{"hyperparameters": dict(p), "validation": round(scored[name][p], 6)}
+                              for p in grid],
+                     "best_at_edge": bool(method_grid.extension(m, grid, best[name]))}
+    return out
 
 
-def _test(run: _Run, method: str, params: tuple) -> dict[int, dict[str, float]]:
+def _test(run: _Run, best: dict[str, tuple]) -> dict[str, dict[int, dict[str, float]]]:
+    """Every method's tuned merge of every seed on every cell's test split, in one batch."""
     everyone = tuple(range(run.n_experts))
-    jobs = {s: _merge_job(method, params, s, everyone, "test", run.cells) for s in run.seeds}
-    done = run.jobs(list(jobs.values()), f"test {method}")
-    return {s: done[j.key]["scores"] for s, j in jobs.items()}
+    jobs = {(name, s): _merge_job(name, params, s, everyone, "test", run.cells)
+            for name, params in best.items() for s in run.seeds}
+    done = run.jobs(list(jobs.values()), "test")
+    return {name: {s: done[jobs[name, s].key]["scores"] for s in run.seeds} for name in best}
 
 
 def orderings(n_experts: int, k: int) -> list[list[int]]:
