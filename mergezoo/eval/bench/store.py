@@ -74,7 +74,8 @@ class SharedStore:
     """A run's store layered over a store shared by every run on the same zoo: a job found in
     either is reused; a job run now is recorded in both. The bench keeps there the jobs that
     depend on nothing but the zoo (scores of the base, experts, multitask model, oracles,
-    ensembles), so a new run on a built zoo does not score them again.
+    ensembles and greedy soups; the FLOPs of one evaluation), so a new run on a built zoo does
+    not score them again. A job found only in the shared store is not copied into the run's.
 
     Example:
         >>> store = SharedStore(JobStore(out / ".bench"), eval_cache(zoo))   # doctest: +SKIP
