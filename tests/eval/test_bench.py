@@ -106,13 +106,13 @@ def test_tuning_never_reads_held_out_cells_or_test_data(digits_tiny, tmp_path, m
 
     real_tune = bench_runner._tune
 
-    def tune(run, method):
-        # a fresh benchmark object per method: its caches (data, tensors, logits) were filled
-        # by the baselines, and tuning must be seen reading its own data
+    def tune(run, methods):
+        # a fresh benchmark object: its caches (data, tensors, logits) were filled by the
+        # baselines, and tuning must be seen reading its own data
         run.bench = run.context.benchmark = bench_cls(size=run.bench.size)
         phase["now"] = "tune"
         try:
-            return real_tune(run, method)
+            return real_tune(run, methods)
         finally:
             phase["now"] = "other"
 
@@ -221,6 +221,39 @@ def test_methods_are_checked_before_any_work(tmp_path):
         run_bench(BenchConfig("digits-domains", size="tiny", methods=["slerp"]), tmp_path / "o",
                   progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_new_run_on_the_same_zoo_reuses_the_zoo_models_scores(digits_tiny, tmp_path,
+                                                                monkeypatch):
+    config = BenchConfig("digits-domains", size="tiny", methods=["task_arithmetic"], seeds=[0],
+                         scaling=False, write_models=False)
+    first = run_bench(config, tmp_path / "a", progress=False)
+    ran = []
+    original_run = bench_runner.BenchContext.run
+
+    def counting(self, job):
+        ran.append(job)
+        return original_run(self, job)
+
+    monkeypatch.setattr(bench_runner.BenchContext, "run", counting)
+    second = run_bench(config, tmp_path / "b", progress=False)
+    assert numbers(second) == numbers(first)
+    # the base, experts, multitask, oracles and ensembles came from the zoo's evaluation
+    # cache; every merge was evaluated again
+    assert ran and {j.kind for j in ran} == {"merge"}
+
+
+def test_the_evaluation_cache_is_keyed_by_the_zoo_files_and_device(digits_tiny, tmp_path):
+    from mergezoo.eval.bench.store import eval_cache
+
+    _, zoo = digits_tiny
+    here = eval_cache(zoo.root, "cpu").folder
+    assert eval_cache(zoo.root, "cpu").folder == here
+    assert eval_cache(zoo.root, "cuda").folder != here
+    other = tmp_path / zoo.root.name  # same name, other files: another cache
+    other.mkdir()
+    (other / "zoo.json").write_text((zoo.root / "zoo.json").read_text() + " ")
+    assert eval_cache(other, "cpu").folder != here
 
 
 def test_worker_processes_give_the_numbers_of_this_process(digits_tiny):

@@ -90,9 +90,9 @@ def test_zoo_search_finds_the_toy_experts_and_merge_scores(digits_tiny, tmp_path
     bench, zoo = digits_tiny
     listed = {e.repo_id for e in list_zoo(zoo.root)}
     assert listed == {m.name for m in zoo.models()}  # the dataset repo is not taken for a model
-    hits = search_zoo(zoo.root, ["mergezoo-bench:digits-domains", "cell:group2-noisy"])
+    hits = search_zoo(zoo.root, ["mergezoo-bench:digits-domains", "cell:group2-halfinverted"])
     assert sorted(h.repo_id for h in hits) == [
-        f"digits-domains-expert-group2-noisy-seed{k}" for k in range(3)]
+        f"digits-domains-expert-group2-halfinverted-seed{k}" for k in range(3)]
     assert {h.base_model for h in hits} == {"digits-domains-base"}
     experts = find_experts(["role:expert", "seed:0"], base="digits-domains-base", zoo=zoo.root)
     assert len(experts) == len(bench.held_in_cells)

@@ -258,9 +258,27 @@ def test_domains_are_distinct_and_deterministic():
         assert out.shape == (16, 16) and out.min() >= 0 and out.max() <= 1
         assert not np.allclose(out, plain), domain
         assert np.array_equal(out, render(images[5], domain, 5)), domain
-    assert not np.array_equal(render(images[5], "noisy", 5), render(images[5], "noisy", 6))
+    half = render(images[5], "halfinverted", 5)  # the upper half as is, the lower inverted
+    assert np.array_equal(half[:8], plain[:8]) and np.allclose(half[8:], 1 - plain[8:])
     with pytest.raises(BenchmarkError, match="sepia"):
         render(images[0], "sepia", 0)
+
+
+def test_scoring_tensors_are_the_stored_images(digits_tiny):
+    from mergezoo.eval.benchmarks.digits_domains.benchmark import to_tensor
+
+    bench, _ = digits_tiny
+    for cell in (HELD_IN[2], "group1-plain", HELD_IN[4]):
+        x, y = bench.tensors(cell, "validation")
+        ds = bench.dataset(cell, "validation")
+        assert torch_equal(x, to_tensor(ds["image"]))  # rendered again == the PNGs decoded
+        assert y.tolist() == ds["label"]
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))
 
 
 def test_sanity_json_is_what_build_zoo_json_prints(digits_tiny, capsys):

@@ -170,7 +170,8 @@ class ProcessExecutor:
         from mergezoo.eval.training import JobRunner
 
         self.context = context
-        self.runner = JobRunner(workers)
+        # started now: the workers import torch and friends while this process goes on
+        self.runner = JobRunner(workers).start()
 
     def map(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
         ctx = self.context

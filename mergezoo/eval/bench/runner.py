@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from mergezoo.eval.bench import methods as method_grid
 from mergezoo.eval.bench.jobs import BenchContext, Executor, Job, LocalExecutor, run_jobs
-from mergezoo.eval.bench.store import JobStore, claim_output
+from mergezoo.eval.bench.store import JobStore, SharedStore, claim_output, eval_cache
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,20 @@ class _Run:
     seeds: list[int]
     progress: bool
     say: Callable[[str], None]
+    shared: JobStore | None = None  # zoo-only evaluations, shared by every run on the zoo
     n_experts: int = 0
     cells: list[str] = field(default_factory=list)
     held_in: list[str] = field(default_factory=list)
     held_out: list[str] = field(default_factory=list)
 
-    def jobs(self, jobs: list[Job], desc: str) -> dict[str, dict[str, Any]]:
-        return run_jobs(self.executor, self.store, jobs, desc=desc, progress=self.progress)
+    def jobs(self, jobs: list[Job], desc: str, *,
+             zoo_only: bool = False) -> dict[str, dict[str, Any]]:
+        """Run `jobs` (or reuse them). `zoo_only`: jobs that depend on the zoo alone (zoo
+        models, their ensembles, the greedy soups' plain averages: nothing a run's arguments
+        choose), also looked up in and recorded to the zoo's shared evaluation cache."""
+        store = (SharedStore(self.store, self.shared) if zoo_only and self.shared is not None
+                 else self.store)  # not `and self.shared`: an empty store is falsy
+        return run_jobs(self.executor, store, jobs, desc=desc, progress=self.progress)
 
 
 def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
@@ -114,6 +121,7 @@ def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
                     else LocalExecutor(context))
     run = _Run(config=config, bench=bench, context=context, executor=executor,
                store=JobStore(out / ".bench"), seeds=seeds, progress=progress, say=say,
+               shared=eval_cache(zoo.root, config.device),
                n_experts=n_experts, cells=[c.name for c in bench.cells],
                held_in=[c.name for c in bench.held_in_cells],
                held_out=[c.name for c in bench.held_out_cells])
@@ -123,8 +131,8 @@ def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
 
         say(f"{len(methods)} methods, {len(seeds)} expert seeds, {n_experts} experts each")
         baselines = _baselines(run)
-        tuned = {m.name: _tune(run, m) for m in methods}
-        tested = {name: _test(run, name, t["best"]) for name, t in tuned.items()}
+        tuned = _tune(run, methods)
+        tested = _test(run, {name: t["best"] for name, t in tuned.items()})
         scaling = ({m.name: _scaling(run, m, tuned[m.name]["best"]) for m in methods}
                    if config.scaling else {})
         costs = {m.name: _cost(run, m, tuned[m.name], out) for m in methods}
@@ -132,6 +140,8 @@ def run_bench(config: BenchConfig, out: str | Path, *, overwrite: bool = False,
         results["wall_seconds"] = round(time.perf_counter() - start, 2)
     finally:
         run.store.close()
+        if run.shared is not None:
+            run.shared.close()
         executor.close()
     from mergezoo.eval.bench.report import write_outputs
 
@@ -164,7 +174,7 @@ def _baselines(run: _Run) -> dict[str, Any]:
     else:
         run.say(f"{run.bench.name} defines no ensemble of its models: no ensemble baseline")
     everything += list(ensembles.values())
-    done = run.jobs(everything, "baselines")
+    done = run.jobs(everything, "baselines", zoo_only=True)
     scores = lambda job: done[job.key]["scores"]  # noqa: E731
     return {
         "base": scores(jobs["base"]),
@@ -191,7 +201,8 @@ def _greedy_soup(run: _Run, seed: int) -> dict[str, Any]:
     validation score, each added to the uniform average if the score does not drop."""
     def validation(experts: tuple[int, ...]) -> float:
         job = _merge_job("average", (), seed, experts, "validation", run.held_in)
-        return _mean(run.jobs([job], f"greedy soup, seed {seed}")[job.key]["scores"], run.held_in)
+        done = run.jobs([job], f"greedy soup, seed {seed}", zoo_only=True)
+        return _mean(done[job.key]["scores"], run.held_in)
 
     alone = {i: validation((i,)) for i in range(run.n_experts)}
     order = sorted(alone, key=lambda i: -alone[i])
@@ -202,41 +213,66 @@ def _greedy_soup(run: _Run, seed: int) -> dict[str, Any]:
             soup, best = sorted(soup + [i]), score
     test = _merge_job("average", (), seed, tuple(soup), "test", run.cells)
     return {"experts": soup, "validation": best,
-            "scores": run.jobs([test], "greedy soup")[test.key]["scores"]}
+            "scores": run.jobs([test], "greedy soup", zoo_only=True)[test.key]["scores"]}
 
 
-def _tune(run: _Run, method: Any) -> dict[str, Any]:
-    """Grid search on held-in validation (mean over seeds); never reads held-out or test data."""
+def _tune(run: _Run, methods: list[Any]) -> dict[str, dict[str, Any]]:
+    """Grid search of every method on held-in validation (mean over seeds); never reads
+    held-out or test data. The grid points of all methods go to the executor together, round
+    by round (a round extends the grids whose best scale is at their edge), so the workers
+    never wait for one method's last job."""
     everyone = tuple(range(run.n_experts))
-    points = method_grid.grid_points(method)
-    if len(points) == 1:  # nothing to choose: no evaluation spent on it
-        return {"best": points[0], "validation": None, "evaluations": 0, "grid": [],
-                "best_at_edge": False}
-    scored: dict[tuple, float] = {}
+    points = {m.name: method_grid.grid_points(m) for m in methods}
+    scored: dict[str, dict[tuple, float]] = {m.name: {} for m in methods}
+    best: dict[str, tuple] = {}
+    # nothing to choose: no evaluation spent on it
+    active = [m for m in methods if len(points[m.name]) > 1]
     for _ in range(1 + method_grid.MAX_EXTENSIONS):
-        todo = [p for p in points if p not in scored]
-        jobs = {(p, s): _merge_job(method.name, p, s, everyone, "validation", run.held_in)
-                for p in todo for s in run.seeds}
-        done = run.jobs(list(jobs.values()), f"tune {method.name}")
-        for p in todo:
-            scored[p] = sum(_mean(done[jobs[p, s].key]["scores"], run.held_in)
-                            for s in run.seeds) / len(run.seeds)
-        best = max(points, key=lambda p: scored[p])  # the first of equals, in grid order
-        more = [p for p in method_grid.extension(method, points, best) if p not in scored]
-        if not more:
+        if not active:
             break
-        points = points + more
-    edge = bool(method_grid.extension(method, points, best))
-    return {"best": best, "validation": scored[best], "evaluations": len(scored) * len(run.seeds),
-            "grid": [{"hyperparameters": dict(p), "validation": round(scored[p], 6)}
-                     for p in points], "best_at_edge": edge}
+        jobs = {(m.name, p, s): _merge_job(m.name, p, s, everyone, "validation", run.held_in)
+                for m in active for p in points[m.name] if p not in scored[m.name]
+                for s in run.seeds}
+        done = run.jobs(list(jobs.values()), "tune " + (active[0].name if len(active) == 1
+                                                        else f"{len(active)} methods"))
+        still = []
+        for m in active:
+            name = m.name
+            for p in points[name]:
+                if p not in scored[name]:
+                    scored[name][p] = sum(_mean(done[jobs[name, p, s].key]["scores"], run.held_in)
+                                          for s in run.seeds) / len(run.seeds)
+            # the first of equals, in grid order
+            best[name] = max(points[name], key=lambda p: scored[name][p])
+            more = [p for p in method_grid.extension(m, points[name], best[name])
+                    if p not in scored[name]]
+            if more:
+                points[name] = points[name] + more
+                still.append(m)
+        active = still
+    out = {}
+    for m in methods:
+        name = m.name
+        if len(points[name]) == 1 and not scored[name]:
+            out[name] = {"best": points[name][0], "validation": None, "evaluations": 0,
+                         "grid": [], "best_at_edge": False}
+            continue
+        grid = [p for p in points[name] if p in scored[name]]
+        out[name] = {"best": best[name], "validation": scored[name][best[name]],
+                     "evaluations": len(scored[name]) * len(run.seeds),
+                     "grid": [{"hyperparameters": dict(p), "validation": round(scored[name][p], 6)}
+                              for p in grid],
+                     "best_at_edge": bool(method_grid.extension(m, grid, best[name]))}
+    return out
 
 
-def _test(run: _Run, method: str, params: tuple) -> dict[int, dict[str, float]]:
+def _test(run: _Run, best: dict[str, tuple]) -> dict[str, dict[int, dict[str, float]]]:
+    """Every method's tuned merge of every seed on every cell's test split, in one batch."""
     everyone = tuple(range(run.n_experts))
-    jobs = {s: _merge_job(method, params, s, everyone, "test", run.cells) for s in run.seeds}
-    done = run.jobs(list(jobs.values()), f"test {method}")
-    return {s: done[j.key]["scores"] for s, j in jobs.items()}
+    jobs = {(name, s): _merge_job(name, params, s, everyone, "test", run.cells)
+            for name, params in best.items() for s in run.seeds}
+    done = run.jobs(list(jobs.values()), "test")
+    return {name: {s: done[jobs[name, s].key]["scores"] for s in run.seeds} for name in best}
 
 
 def orderings(n_experts: int, k: int) -> list[list[int]]:
@@ -287,7 +323,9 @@ def _cost(run: _Run, method: Any, tuned: dict[str, Any], out: Path) -> dict[str,
             measured["model_dir"] = str(Path("models") / method.name)
         run.store.put(key, measured)
     cost = dict(run.store.get(key))
-    per_eval = flops_per_evaluation(run.context, run.held_in, run.store)
+    # zoo-only (the base on held-in validation): counted once per zoo
+    shared = SharedStore(run.store, run.shared) if run.shared is not None else run.store
+    per_eval = flops_per_evaluation(run.context, run.held_in, shared)
     cost["tuning_evals"] = tuned["evaluations"]
     cost["flops"] = per_eval * tuned["evaluations"] if per_eval is not None else None
     cost["statistics_flops"] = 0  # data-free methods compute no statistics

@@ -70,6 +70,49 @@ class JobStore:
             self._file = None
 
 
+class SharedStore:
+    """A run's store layered over a store shared by every run on the same zoo: a job found in
+    either is reused; a job run now is recorded in both. The bench keeps there the jobs that
+    depend on nothing but the zoo (scores of the base, experts, multitask model, oracles,
+    ensembles and greedy soups; the FLOPs of one evaluation), so a new run on a built zoo does
+    not score them again. A job found only in the shared store is not copied into the run's.
+
+    Example:
+        >>> store = SharedStore(JobStore(out / ".bench"), eval_cache(zoo))   # doctest: +SKIP
+    """
+
+    def __init__(self, run: JobStore, shared: JobStore) -> None:
+        self.run = run
+        self.shared = shared
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.run or key in self.shared
+
+    def get(self, key: str) -> Any:
+        return self.run.get(key) if key in self.run else self.shared.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.run.put(key, value)
+        self.shared.put(key, value)
+
+
+def eval_cache(zoo_root: Path, device: str) -> JobStore:
+    """The store of zoo-only evaluations shared by the runs on one zoo:
+    `$MERGEZOO_CACHE/evals/<zoo folder>-<digest>`, the digest over the zoo's manifest (the
+    sha256 of every file), the device and the versions of torch and mergezoo, so a rebuilt or
+    changed zoo, or another torch or mergezoo, never reuses a score."""
+    import hashlib
+
+    import torch
+
+    import mergezoo
+    from mergezoo.eval.zoo_cache import MANIFEST, cache_root
+
+    digest = hashlib.sha256((zoo_root / MANIFEST).read_bytes())
+    digest.update(f"|{device}|{torch.__version__}|{mergezoo.__version__}".encode())
+    return JobStore(cache_root() / "evals" / f"{zoo_root.name}-{digest.hexdigest()[:16]}")
+
+
 def claim_output(out: Path, run: dict[str, Any], *, overwrite: bool) -> bool:
     """Make `out` this run's folder. Returns True when it holds finished jobs of the same run
     (same arguments), which are then reused. A folder of another run, or anything else that is
