@@ -28,6 +28,32 @@ WORKERS_ENV = "MERGEZOO_BUILD_WORKERS"
 
 
 @dataclass(frozen=True)
+class ZooFit:
+    """One fine-tune of a toy zoo's base: its training schedule (`kind`: "expert" or
+    "multitask"), the role it is saved as, the cells it trains on, its seed, and its cell
+    (None for the multitask model)."""
+
+    kind: str
+    role: str
+    cells: tuple[str, ...]
+    seed: int
+    cell: str | None
+
+
+def zoo_fits(held_in: list[str], held_out: list[str], seeds: list[int]) -> list[ZooFit]:
+    """Every fine-tune of a toy zoo, in manifest order: the experts (seed by seed, cell by
+    cell), the multitask model, one oracle per held-out cell.
+
+    Example:
+        >>> [f.role for f in zoo_fits(["a", "b"], ["c"], [0])]
+        ['expert', 'expert', 'multitask', 'oracle']
+    """
+    return ([ZooFit("expert", "expert", (c,), seed, c) for seed in seeds for c in held_in]
+            + [ZooFit("multitask", "multitask", tuple(held_in), 0, None)]
+            + [ZooFit("expert", "oracle", (c,), 0, c) for c in held_out])
+
+
+@dataclass(frozen=True)
 class TrainRecipe:
     """How a zoo model was trained; written verbatim into its model card."""
 

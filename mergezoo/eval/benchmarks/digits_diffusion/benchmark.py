@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -42,7 +41,7 @@ from mergezoo.errors import BenchmarkError
 from mergezoo.eval.benchmark import Benchmark
 from mergezoo.eval.registry import register_benchmark
 from mergezoo.eval.spec import BenchmarkSpec, Cell, grid_cells
-from mergezoo.eval.training import TrainRecipe, deterministic
+from mergezoo.eval.training import TrainRecipe, ZooFit, deterministic, zoo_fits
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -325,14 +324,11 @@ class DigitsDiffusion(Benchmark):
                                   "adapter": None if kind == "pretrain" else
                                   {"type": "lora", "rank": self.spec.params["lora_rank"]}})
 
-    def _fits(self) -> list[_Fit]:
+    def _fits(self) -> list[ZooFit]:
         """Every LoRA adapter of the zoo, in manifest order: experts (seed by seed, cell by
         cell), the multitask adapter, the oracles."""
-        held_in = [c.name for c in self.held_in_cells]
-        return ([_Fit("expert", "expert", (c,), seed, c)
-                 for seed in self.spec.params["seeds"] for c in held_in]
-                + [_Fit("multitask", "multitask", tuple(held_in), 0, None)]
-                + [_Fit("expert", "oracle", (c.name,), 0, c.name) for c in self.held_out_cells])
+        return zoo_fits([c.name for c in self.held_in_cells],
+                        [c.name for c in self.held_out_cells], self.spec.params["seeds"])
 
     def _groups(self) -> list[list[int]]:
         """Indices into `_fits()` of the adapters trained together, one list per job. The
@@ -397,15 +393,6 @@ class DigitsDiffusion(Benchmark):
         return TrainSpec(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"])
 
 
-@dataclass(frozen=True)
-class _Fit:
-    """One LoRA adapter to train: its kind of schedule, role, cells, seed and cell."""
-
-    kind: str
-    role: str
-    cells: tuple[str, ...]
-    seed: int
-    cell: str | None
 
 
 def _train_judge_job(bench: DigitsDiffusion) -> None:
@@ -413,7 +400,7 @@ def _train_judge_job(bench: DigitsDiffusion) -> None:
     bench.shared().judge()
 
 
-def _train_group(job: tuple[DigitsDiffusion, ZooWriter, list[_Fit]]) -> list[dict[str, Any]]:
+def _train_group(job: tuple[DigitsDiffusion, ZooWriter, list[ZooFit]]) -> list[dict[str, Any]]:
     """Train one group of adapters of the zoo's saved base and save them into the zoo (a
     worker-process job); returns their manifest entries, in group order."""
     import torch

@@ -51,7 +51,7 @@ from mergezoo.errors import BenchmarkError
 from mergezoo.eval.benchmark import Benchmark
 from mergezoo.eval.registry import register_benchmark
 from mergezoo.eval.spec import ID_COLUMN, LABEL_COLUMN, BenchmarkSpec, Cell, grid_cells
-from mergezoo.eval.training import TrainRecipe, deterministic
+from mergezoo.eval.training import TrainRecipe, ZooFit, deterministic, zoo_fits
 
 if TYPE_CHECKING:
     import torch
@@ -543,12 +543,8 @@ class DigitsDomains(Benchmark):
         writer.save_model(base, role="base", recipe=recipe.to_dict(), trained_on=recipe.trained_on,
                           summary=("Random-init ViT pretrained (10-way) on the plain domain of "
                                    "every digit plus a random sample of every other cell."))
-        fits = [_Fit("expert", "expert", (cell.name,), seed, cell.name)
-                for seed in self.spec.params["seeds"] for cell in self.held_in_cells]
-        fits.append(_Fit("multitask", "multitask", tuple(c.name for c in self.held_in_cells), 0,
-                         None))
-        fits += [_Fit("expert", "oracle", (cell.name,), 0, cell.name)
-                 for cell in self.held_out_cells]
+        fits = zoo_fits([c.name for c in self.held_in_cells],
+                        [c.name for c in self.held_out_cells], self.spec.params["seeds"])
         # a few fits per job: a job's overhead (loading the base, the data) is shared
         chunks = [fits[i:i + FITS_PER_JOB] for i in range(0, len(fits), FITS_PER_JOB)]
         for future in ready:
@@ -556,8 +552,8 @@ class DigitsDomains(Benchmark):
         done = runner.map(_train_fits, [(self, writer.detached(), chunk) for chunk in chunks])
         writer.record(entry for entries in done for entry in entries)
 
-    def _fine_tune(self, writer: ZooWriter, base_state: dict[str, Any], fit: _Fit) -> None:
-        """Fine-tune the base for one `_Fit` (head frozen) and save it through `writer`."""
+    def _fine_tune(self, writer: ZooWriter, base_state: dict[str, Any], fit: ZooFit) -> None:
+        """Fine-tune the base for one `ZooFit` (head frozen) and save it through `writer`."""
         import torch
 
         recipe = self._recipe(fit.kind, fit.seed, list(fit.cells), (HEAD_PREFIX,))
@@ -574,15 +570,6 @@ class DigitsDomains(Benchmark):
                           trained_on=list(fit.cells))
 
 
-@dataclass(frozen=True)
-class _Fit:
-    """One fine-tune of the base: its recipe kind, role, cells, seed and cell."""
-
-    kind: str
-    role: str
-    cells: tuple[str, ...]
-    seed: int
-    cell: str | None
 
 
 FITS_PER_JOB = 6
@@ -595,7 +582,7 @@ def _prepare(bench: DigitsDomains) -> None:
         bench.tensors(cell.name, "train")
 
 
-def _train_fits(job: tuple[DigitsDomains, ZooWriter, list[_Fit]]) -> list[dict[str, Any]]:
+def _train_fits(job: tuple[DigitsDomains, ZooWriter, list[ZooFit]]) -> list[dict[str, Any]]:
     """Fine-tune the zoo's saved base for each fit and save it into the zoo (a worker-process
     job); returns the manifest entries, in order."""
     from safetensors.torch import load_file
