@@ -78,9 +78,9 @@ class TrainRecipe:
 
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """The merge engine's `mergezoo.merge.threads.torch_threads`, imported when used: importing
+    """The merge engine's `mergezoo.merge.accel.threads.torch_threads`, imported when used: importing
     this module must stay cheap (torch and the merge package take seconds)."""
-    from mergezoo.merge.threads import torch_threads as scoped
+    from mergezoo.merge.accel.threads import torch_threads as scoped
 
     with scoped(threads):
         yield

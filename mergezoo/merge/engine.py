@@ -40,7 +40,7 @@ from mergezoo.merge.layers import LiNeS, evaluate_setting, layer_positions
 from mergezoo.merge.options import MergeOptions
 from mergezoo.merge.registry import get_method
 from mergezoo.merge.spec import MergeInputs, MergeMethod, ModelStream
-from mergezoo.merge.threads import torch_threads
+from mergezoo.merge.accel.threads import torch_threads
 from mergezoo.merge.sources import TensorSource
 from mergezoo.merge.writer import ShardedSafetensorsWriter, atomic_output_dir
 from mergezoo.zoo.paths import leaves

@@ -40,7 +40,7 @@ from mergezoo.merge.layers import LiNeS, layer_positions
 from mergezoo.merge.registry import get_method
 from mergezoo.merge.spec import MergeInputs, MergeMethod, ModelStream
 from mergezoo.merge.accel.slicing import SlicedTensor, merge_sliced, new_scratch
-from mergezoo.merge.threads import torch_threads
+from mergezoo.merge.accel.threads import torch_threads
 from mergezoo.merge.topk import TopKCut
 from mergezoo.merge.sources import StateDictSource, TensorSource, is_lora_folder, open_source
 

@@ -285,7 +285,7 @@ def test_bad_inputs_raise_named_errors(zoo):
 
 
 def test_one_thread_and_several_give_the_same_tensors(zoo):
-    from mergezoo.merge.threads import torch_threads
+    from mergezoo.merge.accel.threads import torch_threads
 
     tensors = {}
     for threads in (1, 2):

@@ -12,6 +12,8 @@ checked byte for byte against them (tests/merge/test_slicing.py):
 - `kernels`: the fused kernels' Python side (plans, calls, top-k scans, selection);
   `kernel_code` writes them as LLVM IR with the helpers of `ir`; `jit` compiles and caches.
 - `global_trim`: the whole-model magnitude thresholds (TIES with `trim_scope: model`).
+- `threads`: torch's intra-op thread count, scoped (the engine merges slices on its own
+  threads, one torch thread each).
 
 Example:
     >>> from mergezoo.merge.accel import kernels
