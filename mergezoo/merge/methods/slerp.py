@@ -40,14 +40,18 @@ def karcher_mean(vectors: torch.Tensor, alphas: list[float], *, max_iter: int = 
     """mergekit's `karcher_merge_tensors` on the rows of `vectors`: the weighted Riemannian
     mean of their directions (rows of norm <= tol take no part), by at most `max_iter`
     exponential-map steps from the normalised weighted mean of the unit rows, times
-    sum_i alpha_i |v_i| (over every row)."""
+    sum_i alpha_i |v_i| (over every row). `vectors` is consumed: its rows are normalised in
+    place."""
     import torch
 
     norms = vectors.float().norm(dim=1)
     valid = [i for i in range(vectors.shape[0]) if float(norms[i]) > tol]
     if not valid:
         return torch.zeros_like(vectors[0])
-    units = vectors[valid] / norms[valid, None].to(vectors.dtype)
+    # In place: `vectors` is the caller's own stack, and one [N, n] copy less is N tensors less
+    # of peak memory.
+    units = vectors if len(valid) == vectors.shape[0] else vectors[valid]
+    units.div_(norms[valid, None].to(vectors.dtype))
     total = sum(alphas[i] for i in valid)
     a = torch.tensor([alphas[i] / total for i in valid], dtype=vectors.dtype,
                      device=vectors.device)
@@ -59,7 +63,9 @@ def karcher_mean(vectors: torch.Tensor, alphas: list[float], *, max_iter: int = 
         theta = torch.arccos(dots)
         moving = theta >= tol  # mergekit skips the points the mean already sits on
         factor = torch.where(moving, a * theta / torch.sin(theta), torch.zeros_like(theta))
-        step = (factor[:, None] * (units - dots[:, None] * u)).sum(0)
+        # sum_i f_i (unit_i - dot_i u), written as f @ units - (f . dots) u: two passes over
+        # the units per step and no [N, n] temporaries (mergekit builds them).
+        step = factor @ units - (factor @ dots) * u
         step_norm = step.float().norm()
         if float(step_norm) < tol:
             break
