@@ -46,3 +46,18 @@ def test_looking_up_a_method_imports_no_torch_until_it_merges():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, check=True)
     assert done.stdout.strip() == "[2.0, 2.0, 2.0, 2.0]"  # density 1, no normalize: the sum
+
+
+def test_checking_a_dare_or_della_recipe_imports_no_torch():
+    """A recipe's hyperparameters are checked (the draws' resolution included) before torch
+    is needed; a density the draws cannot resolve is refused by name."""
+    script = ("import sys; from mergezoo.merge import get_method; "
+              "from mergezoo.errors import HyperparameterError; "
+              "get_method('dare_ties').resolve({'density': 0.3}, [], 2); "
+              "get_method('della').resolve({'density': 0.3, 'epsilon': 0.1}, [], 2)\n"
+              "try:\n get_method('dare_linear').resolve({'density': 1e-7}, [], 2)\n"
+              "except HyperparameterError as err:\n print(err)\n"
+              "assert 'torch' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "below what the random drop resolves" in done.stdout

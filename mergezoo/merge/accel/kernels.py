@@ -46,8 +46,8 @@ from mergezoo.errors import MergezooError
 from mergezoo.merge.accel import jit, kernel_code
 from mergezoo.merge.accel.kernel_code import (AT_LEAST, HARDSHRINK, KEEP_ALL, NO_SIGN,
                                               SIGN_COUNT, SIGN_SUM, TOP_K_TIES)
-from mergezoo.merge.ops import (CHUNK, check_sign_rule, divisor_floor, drop_threshold,
-                                keep_probability, linear_divisor)
+from mergezoo.merge.draws import drop_threshold, keep_probability
+from mergezoo.merge.ops import CHUNK, check_sign_rule, divisor_floor, linear_divisor
 
 logger = logging.getLogger(__name__)
 

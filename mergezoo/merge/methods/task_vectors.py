@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 from mergezoo.errors import HyperparameterError
+from mergezoo.merge.draws import drop_threshold
 from mergezoo.merge.layers import setting_leaves
 from mergezoo.merge.methods.family import Row, family_method
 from mergezoo.merge.spec import Interval, Needs
@@ -83,11 +84,8 @@ def ties(*, weight: list[float] = 1.0, density: list[float] = 1.0, lambda_: floa
 # ----------------------------------------------------------------------------------- DARE
 
 def _check_dare(kwargs: dict) -> None:
-    """Refuse (ValueError, reported as a HyperparameterError) a density that the 16-bit draws
-    cannot resolve; per-layer values are checked leaf by leaf (a gradient between two
-    resolvable values is resolvable)."""
-    from mergezoo.merge.ops import drop_threshold
-
+    """Refuse (HyperparameterError) a density that the 16-bit draws cannot resolve; per-layer
+    values are checked leaf by leaf (a gradient between two resolvable values is resolvable)."""
     for density in kwargs["density"]:
         for leaf in setting_leaves(density):
             if leaf < 1:
@@ -149,8 +147,6 @@ def breadcrumbs_ties(*, weight: list[float] = 1.0, density: list[float] = 1.0,
 def _check_della(kwargs: dict) -> None:
     """As mergekit: density +/- epsilon must lie in (0, 1) where a task vector is dropped;
     and the smallest keep probability must be one the 16-bit draws resolve."""
-    from mergezoo.merge.ops import drop_threshold
-
     for density, epsilon in zip(kwargs["density"], kwargs["epsilon"]):
         if isinstance(density, list) or isinstance(epsilon, list):
             pairs = [(d, e) for d in setting_leaves(density) for e in setting_leaves(epsilon)]
