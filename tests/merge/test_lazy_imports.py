@@ -20,10 +20,14 @@ print(json.dumps({{"torch": "torch" in sys.modules, "out": out.getvalue()}}))
 """
 
 
+def _python(script: str) -> str:
+    """The standard output of `script` run by a fresh interpreter (which must succeed)."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True).stdout
+
+
 def _run(argv: list[str]) -> dict:
-    done = subprocess.run([sys.executable, "-c", SCRIPT.format(argv=argv)], capture_output=True,
-                          text=True, timeout=120, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(_python(SCRIPT.format(argv=argv)).strip().splitlines()[-1])
 
 
 def test_mergezoo_methods_lists_every_method_without_importing_torch():
@@ -43,9 +47,7 @@ def test_looking_up_a_method_imports_no_torch_until_it_merges():
               "assert 'torch' not in sys.modules; import torch; from mergezoo.merge.spec import MergeInputs; "
               "x = MergeInputs(key='w', base=torch.zeros(4), models=[torch.ones(4)] * 2, "
               "seeds=[1, 2]); print(m.fn(x, **m.resolve({}, [], 2)).tolist())")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, check=True)
-    assert done.stdout.strip() == "[2.0, 2.0, 2.0, 2.0]"  # density 1, no normalize: the sum
+    assert _python(script).strip() == "[2.0, 2.0, 2.0, 2.0]"  # density 1, no normalize: the sum
 
 
 def test_checking_a_dare_or_della_recipe_imports_no_torch():
@@ -58,6 +60,4 @@ def test_checking_a_dare_or_della_recipe_imports_no_torch():
               "try:\n get_method('dare_linear').resolve({'density': 1e-7}, [], 2)\n"
               "except HyperparameterError as err:\n print(err)\n"
               "assert 'torch' not in sys.modules")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, check=True)
-    assert "below what the random drop resolves" in done.stdout
+    assert "below what the random drop resolves" in _python(script)
