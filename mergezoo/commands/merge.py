@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from mergezoo.commands.push import add_repo_options
 from mergezoo.errors import RecipeError
 
 if TYPE_CHECKING:  # the merge package imports torch: not needed for `mergezoo --help`
@@ -68,12 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--push", metavar="ORG/NAME", help="then push the folder (weights, recipe, "
                    "provenance, card) to this Hub repo in one commit")
-    p.add_argument("--private", action="store_true", help="with --push: create the repo private")
-    push_mode = p.add_mutually_exclusive_group()
-    push_mode.add_argument("--push-overwrite", action="store_true", help="with --push: replace "
-                           "the content of an existing repo in the same commit")
-    push_mode.add_argument("--create-pr", action="store_true", help="with --push: open a pull "
-                           "request instead of committing to main")
+    add_repo_options(p, overwrite_flag="--push-overwrite", when="with --push: ")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept .bin/.pt checkpoints (loaded with torch.load(weights_only=True))")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

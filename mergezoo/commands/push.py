@@ -14,18 +14,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`hf auth login`.")
     p.add_argument("folder", metavar="DIR")
     p.add_argument("repo_id", metavar="REPO", help="namespace/name")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
+    add_repo_options(p)
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded, and where")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--overwrite", action="store_true", help="replace the content of an "
-                       "existing repo (files not in DIR are deleted in the same commit)")
-    group.add_argument("--create-pr", action="store_true", help="open a pull request instead of "
-                       "committing to main")
     p.add_argument("--message", help="commit message")
     p.add_argument("--allow-missing-card", action="store_true", help="push a folder without "
                    "README.md")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
+
+
+def add_repo_options(p: argparse.ArgumentParser, *, overwrite_flag: str = "--overwrite",
+                     when: str = "") -> None:
+    """The options of a push's target repo, for `push` and for `merge --push` (whose own
+    `--overwrite` is the output folder's, hence `overwrite_flag`); `when` prefixes the help
+    ("with --push: ")."""
+    p.add_argument("--private", action="store_true", help=f"{when}create the repo as private")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(overwrite_flag, action="store_true", help=f"{when}replace the content of "
+                       "an existing repo (files not pushed are deleted in the same commit)")
+    group.add_argument("--create-pr", action="store_true", help=f"{when}open a pull request "
+                       "instead of committing to main")
 
 
 def run(args: argparse.Namespace) -> int:
